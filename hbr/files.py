@@ -1,0 +1,147 @@
+"""File helpers: atomic writes, hard links, TSV tables and image folders.
+
+Every output is written to a temporary name in the same folder and renamed, so a
+killed run never leaves a half-written file that a re-run would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write bytes."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write text (UTF-8)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomically write JSON, indented."""
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Atomically save an array as .npy."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes(path, buffer.getvalue())
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 (or uint16) grey image."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode image of shape {image.shape} as PNG")
+    return buf.tobytes()
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Atomically save a grey image as PNG."""
+    write_bytes(path, encode_png(image))
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """Load a .npy image without pickles."""
+    return np.load(path, allow_pickle=False)
+
+
+def write_tsv(path: str | Path, table: pd.DataFrame) -> None:
+    """Atomically write a DataFrame as a tab-separated table without index."""
+    write_text(path, table.to_csv(sep="\t", index=False, lineterminator="\n"))
+
+
+def read_tsv(path: str | Path) -> pd.DataFrame:
+    """Read a tab-separated table with every column as text (no type guessing)."""
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link `src` to `dst` (replacing it); copy when linking is impossible."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:  # other file system, or links not supported
+            tmp.write_bytes(src.read_bytes())
+
+
+def remove_stale(folder: str | Path, keep: Iterable[str]) -> int:
+    """Delete files in `folder` whose names are not in `keep` (left by an earlier run); count them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    keep = set(keep)
+    removed = 0
+    for p in folder.iterdir():
+        if p.is_file() and p.name not in keep:
+            p.unlink()
+            removed += 1
+    return removed
+
+
+def list_images(npy_dir: str | Path) -> list[str]:
+    """Image ids (file stems) of the .npy files in a folder, sorted; temporaries ignored."""
+    npy_dir = Path(npy_dir)
+    if not npy_dir.is_dir():
+        return []
+    return sorted(
+        p.stem for p in npy_dir.iterdir() if p.suffix == ".npy" and not p.name.startswith(TMP_PREFIX)
+    )
+
+
+def image_folders(workdir: Path, prefix: str) -> tuple[Path, Path]:
+    """The (npy, png) folder pair of a stage output, e.g. prefix '2_class_predicted'."""
+    return workdir / f"{prefix}_npy", workdir / f"{prefix}_png"
+
+
+def keep_images(ids: Sequence[str], src_prefix: str, dst_prefix: str, workdir: Path) -> None:
+    """Hard-link the npy and png of `ids` from one stage's folders into another's.
+
+    Files of the destination not in `ids` (from an earlier run with other decisions)
+    are removed, so the folder always mirrors the decision table.
+    """
+    src_npy, src_png = image_folders(workdir, src_prefix)
+    dst_npy, dst_png = image_folders(workdir, dst_prefix)
+    for folder in (dst_npy, dst_png):
+        folder.mkdir(parents=True, exist_ok=True)
+    for image_id in ids:
+        link_or_copy(src_npy / f"{image_id}.npy", dst_npy / f"{image_id}.npy")
+        png = src_png / f"{image_id}.png"
+        if png.exists():
+            link_or_copy(png, dst_png / f"{image_id}.png")
+    remove_stale(dst_npy, {f"{i}.npy" for i in ids})
+    remove_stale(dst_png, {f"{i}.png" for i in ids})

@@ -1,0 +1,98 @@
+"""Image geometry shared by training and prediction: canvas, resize, and the way back.
+
+Every image is centre padded (with its corner pixel value) or centre cropped to the
+canvas (960x384 as upstream), then resized to the model input. `Placement` records
+where the original sits on the canvas, so masks and coordinates map back exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Original image of `rows` x `cols` placed with its top-left at (top, left) on the canvas.
+
+    `top`/`left` are negative when the original is larger than the canvas (cropped).
+    """
+
+    rows: int
+    cols: int
+    top: int
+    left: int
+    canvas_h: int
+    canvas_w: int
+
+    @property
+    def oversize(self) -> bool:
+        """True when part of the original falls outside the canvas."""
+        return self.rows > self.canvas_h or self.cols > self.canvas_w
+
+
+def place(rows: int, cols: int, canvas_h: int, canvas_w: int) -> Placement:
+    """Centre placement of a rows x cols image on the canvas (floor division, as numpy slicing)."""
+    return Placement(rows, cols, (canvas_h - rows) // 2, (canvas_w - cols) // 2, canvas_h, canvas_w)
+
+
+def _overlap(offset: int, size: int, canvas: int) -> tuple[slice, slice]:
+    """Slices (in canvas, in original) of the overlap along one axis."""
+    c0, c1 = max(offset, 0), min(offset + size, canvas)
+    return slice(c0, c1), slice(c0 - offset, c1 - offset)
+
+
+def to_canvas(image: np.ndarray, canvas_h: int, canvas_w: int) -> tuple[np.ndarray, Placement]:
+    """Centre pad with the corner value, or centre crop, a 2-D image to canvas_h x canvas_w."""
+    p = place(image.shape[0], image.shape[1], canvas_h, canvas_w)
+    canvas = np.full((canvas_h, canvas_w), image[0, 0], dtype=image.dtype)
+    cy, oy = _overlap(p.top, p.rows, canvas_h)
+    cx, ox = _overlap(p.left, p.cols, canvas_w)
+    canvas[cy, cx] = image[oy, ox]
+    return canvas, p
+
+
+def from_canvas(canvas: np.ndarray, p: Placement, fill=0) -> np.ndarray:
+    """Inverse of `to_canvas` for a canvas-sized map (..., H, W): the original's pixels, `fill` where cropped."""
+    out = np.full(canvas.shape[:-2] + (p.rows, p.cols), fill, dtype=canvas.dtype)
+    cy, oy = _overlap(p.top, p.rows, p.canvas_h)
+    cx, ox = _overlap(p.left, p.cols, p.canvas_w)
+    out[..., oy, ox] = canvas[..., cy, cx]
+    return out
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a 2-D image (area averaging when shrinking, linear when growing)."""
+    if image.shape[:2] == (height, width):
+        return image
+    shrinking = height < image.shape[0] or width < image.shape[1]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def canvas_to_original_xy(x: float, y: float, p: Placement) -> tuple[float, float]:
+    """Canvas pixel coordinates -> original-image pixel coordinates."""
+    return x - p.left, y - p.top
+
+
+def original_to_canvas_xy(x: float, y: float, p: Placement) -> tuple[float, float]:
+    """Original-image pixel coordinates -> canvas pixel coordinates."""
+    return x + p.left, y + p.top
+
+
+def input_to_canvas_xy(x: float, y: float, in_h: int, in_w: int, p: Placement) -> tuple[float, float]:
+    """Model-input pixel coordinates -> canvas pixel coordinates (pixel centres aligned)."""
+    return (x + 0.5) * p.canvas_w / in_w - 0.5, (y + 0.5) * p.canvas_h / in_h - 0.5
+
+
+def canvas_to_input_xy(x: float, y: float, in_h: int, in_w: int, p: Placement) -> tuple[float, float]:
+    """Canvas pixel coordinates -> model-input pixel coordinates."""
+    return (x + 0.5) * in_w / p.canvas_w - 0.5, (y + 0.5) * in_h / p.canvas_h - 0.5
+
+
+def model_input(image: np.ndarray, canvas_h: int, canvas_w: int, in_h: int, in_w: int) -> tuple[np.ndarray, Placement]:
+    """The one preprocessing of every model: canvas, then resize to the input size (uint8 kept)."""
+    canvas, p = to_canvas(image, canvas_h, canvas_w)
+    return resize(canvas, in_h, in_w), p
