@@ -1,0 +1,153 @@
+"""Preprocessing (defined once) and the torch datasets of training and prediction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hbr.augment import jitter_intensity, random_affine, rng_for, warp_image, warp_points
+from hbr.config import AugmentConfig
+from hbr.files import read_npy
+from hbr.imaging import Placement, canvas_to_input_xy, model_input, original_to_canvas_xy, place
+from hbr.landmarks import mirrored
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Canvas, model input size and intensity normalisation; stored in every checkpoint."""
+
+    canvas_h: int
+    canvas_w: int
+    input_h: int
+    input_w: int
+    mean: float = 0.5
+    std: float = 0.5
+
+    def to_dict(self) -> dict:
+        """Plain dict for a checkpoint."""
+        return asdict(self)
+
+    def placement(self, rows: int, cols: int) -> Placement:
+        """Where an original image of rows x cols sits on the canvas."""
+        return place(rows, cols, self.canvas_h, self.canvas_w)
+
+    def input_image(self, image: np.ndarray) -> np.ndarray:
+        """Original image -> model-input-sized image, intensities scaled to [0, 1] (float32)."""
+        if image.ndim != 2:
+            raise ValueError(f"expected a 2-D grey image, got shape {image.shape}")
+        full_scale = 255.0 if image.dtype == np.uint8 else float(max(int(image.max()), 1))
+        resized, _ = model_input(image.astype(np.float32), self.canvas_h, self.canvas_w, self.input_h, self.input_w)
+        return resized / full_scale
+
+    def to_tensor(self, image01: np.ndarray) -> torch.Tensor:
+        """[0, 1] image -> normalised 1 x H x W tensor."""
+        return torch.from_numpy((image01 - self.mean) / self.std).unsqueeze(0)
+
+    def landmarks_to_input(self, points: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        """(N, 2) original-image x, y -> model-input x, y."""
+        p = self.placement(rows, cols)
+        out = [canvas_to_input_xy(*original_to_canvas_xy(x, y, p), self.input_h, self.input_w, p) for x, y in points]
+        return np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+
+class PredictionSet(Dataset):
+    """Images to predict, read from .npy; an unreadable file yields zeros and ok=False."""
+
+    def __init__(self, paths: Sequence[Path], prep: Preprocess):
+        self.paths = list(paths)
+        self.prep = prep
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            x = self.prep.input_image(read_npy(self.paths[i]))
+            ok = True
+        except (OSError, ValueError) as exc:
+            print(f"{self.paths[i]}: cannot read image ({exc})")
+            x, ok = np.zeros((self.prep.input_h, self.prep.input_w), np.float32), False
+        return self.prep.to_tensor(x.astype(np.float32)), i, ok
+
+
+class _TrainSet(Dataset):
+    """Preloads the (small) labelled set at input size; augments on the fly when `augment`."""
+
+    def __init__(self, images: Sequence[np.ndarray], prep: Preprocess, aug: Optional[AugmentConfig], seed: int):
+        self.images = [prep.input_image(img) for img in images]
+        self.sizes = [img.shape for img in images]
+        self.prep, self.aug, self.seed = prep, aug, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random stream of an epoch (call before creating the epoch's iterator)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _augmented(self, i: int):
+        """Image i after augmentation, with the affine used (None when not augmenting)."""
+        image = self.images[i]
+        if self.aug is None:
+            return image, None, False
+        rng = rng_for(self.seed, self.epoch, i)
+        matrix, flip = random_affine(rng, self.aug, *image.shape)
+        return jitter_intensity(warp_image(image, matrix), rng, self.aug), matrix, flip
+
+
+class ClassifierSet(_TrainSet):
+    """(image, label) pairs for a 2-class classifier."""
+
+    def __init__(self, images, labels: Sequence[int], prep, aug, seed):
+        super().__init__(images, prep, aug, seed)
+        self.labels = [int(v) for v in labels]
+
+    def __getitem__(self, i: int):
+        image, _, _ = self._augmented(i)
+        return self.prep.to_tensor(image), self.labels[i]
+
+
+def rasterise_targets(
+    shapes: Mapping[str, np.ndarray], names: Sequence[str], height: int, width: int, radius: float
+) -> np.ndarray:
+    """One float mask per landmark at input size: polygons filled, points as discs of `radius`."""
+    target = np.zeros((len(names), height, width), np.float32)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for c, name in enumerate(names):
+        pts = shapes[name]
+        if len(pts) >= 3:
+            poly = np.round(pts * 16).astype(np.int32)  # 4 fractional bits: sub-pixel vertices
+            cv2.fillPoly(target[c], [poly], 1.0, lineType=cv2.LINE_8, shift=4)
+        else:
+            cx, cy = pts.mean(axis=0)
+            target[c] = ((xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2).astype(np.float32)
+    return target
+
+
+class SegmenterSet(_TrainSet):
+    """(image, target masks) pairs; a mirrored sample swaps left and right landmarks."""
+
+    def __init__(self, images, shapes: Sequence[Mapping[str, np.ndarray]], names: Sequence[str], prep, aug, seed, radius):
+        super().__init__(images, prep, aug, seed)
+        self.names = tuple(names)
+        self.radius = radius
+        # landmark coordinates at model-input scale, once
+        self.shapes = [
+            {n: prep.landmarks_to_input(np.asarray(s[n], float), *shape) for n in self.names}
+            for s, shape in zip(shapes, self.sizes)
+        ]
+
+    def __getitem__(self, i: int):
+        image, matrix, flip = self._augmented(i)
+        shapes = self.shapes[i]
+        if matrix is not None:
+            shapes = {(mirrored(n) if flip else n): warp_points(pts, matrix) for n, pts in shapes.items()}
+        target = rasterise_targets(shapes, self.names, self.prep.input_h, self.prep.input_w, self.radius)
+        return self.prep.to_tensor(image), torch.from_numpy(target)

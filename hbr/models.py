@@ -1,0 +1,141 @@
+"""The model registry and self-describing checkpoints.
+
+`create_model(spec)` builds any network of the project from a small dict of names
+and sizes; the same dict is stored in every checkpoint (with the preprocessing and
+the meaning of the outputs), so `load_checkpoint` rebuilds exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import segmentation_models_pytorch as smp
+import torch
+import torchvision
+from torch import nn
+
+from hbr.errors import HbrError
+from hbr.files import atomic_path
+
+CHECKPOINT_FORMAT = "hbr-checkpoint-1"
+
+CLASSIFIER_ARCHS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
+    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights),
+    "resnet152": (torchvision.models.resnet152, torchvision.models.ResNet152_Weights),
+}
+SEGMENTER_ARCHS = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus, "fpn": smp.FPN}
+SEGMENTER_ENCODERS = tuple(CLASSIFIER_ARCHS)
+
+
+def _choose(kind: str, name: str, valid) -> None:
+    if name not in valid:
+        raise HbrError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
+
+
+def _local_imagenet_weights(arch: str) -> Optional[dict]:
+    """ImageNet weights of a torchvision ResNet from the local torch hub cache, or None.
+
+    Never downloads: this pipeline runs on machines without network access.
+    """
+    weights = CLASSIFIER_ARCHS[arch][1].DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        print(
+            f"pretrained: no local ImageNet weights for {arch} at {cached}; training from scratch",
+            file=sys.stderr,
+        )
+        return None
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def _grey_stem(rgb_weight: torch.Tensor) -> torch.Tensor:
+    """A 1-channel first convolution from RGB weights (sum over colours, as timm does)."""
+    return rgb_weight.sum(dim=1, keepdim=True)
+
+
+def _build_classifier(arch: str, num_outputs: int, pretrained: bool) -> nn.Module:
+    _choose("classifier architecture", arch, CLASSIFIER_ARCHS)
+    model = CLASSIFIER_ARCHS[arch][0](weights=None)
+    state = _local_imagenet_weights(arch) if pretrained else None
+    if state is not None:
+        model.load_state_dict(state)
+    old = model.conv1
+    model.conv1 = nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+    if state is not None:
+        model.conv1.weight.data.copy_(_grey_stem(old.weight.data))
+    model.fc = nn.Linear(model.fc.in_features, num_outputs)
+    return model
+
+
+def _build_segmenter(arch: str, encoder: str, classes: int, pretrained: bool) -> nn.Module:
+    _choose("segmenter architecture", arch, SEGMENTER_ARCHS)
+    _choose("segmenter encoder", encoder, SEGMENTER_ENCODERS)
+    model = SEGMENTER_ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=1, classes=classes)
+    state = _local_imagenet_weights(encoder) if pretrained else None
+    if state is not None:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state["conv1.weight"] = _grey_stem(state["conv1.weight"])
+        model.encoder.load_state_dict(state)
+    return model
+
+
+def create_model(spec: dict[str, Any], pretrained: bool = False) -> nn.Module:
+    """Build a network from its spec.
+
+    Classifier: {"kind": "classifier", "arch": "resnet18", "num_outputs": 2}.
+    Segmenter: {"kind": "segmenter", "arch": "unet", "encoder": "resnet18", "classes": 7}.
+    """
+    kind = spec.get("kind")
+    if kind == "classifier":
+        return _build_classifier(spec["arch"], int(spec["num_outputs"]), pretrained)
+    if kind == "segmenter":
+        return _build_segmenter(spec["arch"], spec["encoder"], int(spec["classes"]), pretrained)
+    raise HbrError(f"unknown model kind {kind!r}; valid: classifier, segmenter")
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Atomically save weights with everything needed to rebuild and use the model.
+
+    `meta` holds "spec" (for create_model), "preprocess", "task" (label meaning or
+    landmarks), "metrics" and "config_hash"; all plain values, so the file loads
+    with weights_only=True.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    plain_meta = json.loads(json.dumps(meta, default=float))  # numpy scalars -> float, for weights_only
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **plain_meta, "state_dict": state}, tmp)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely (weights_only=True); refuse anything else with a message."""
+    path = Path(path)
+    if not path.is_file():
+        raise HbrError(f"{path}: no model file here")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HbrError(f"{path}: not an hbr checkpoint ({first[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise HbrError(f"{path}: not an hbr checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return ckpt
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network a checkpoint describes and load its weights (eval mode)."""
+    ckpt = read_checkpoint(path)
+    model = create_model(ckpt["spec"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise HbrError(f"{path}: weights do not fit the stored architecture ({str(exc)[:120]})") from None
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return model, meta

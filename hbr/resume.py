@@ -1,0 +1,53 @@
+"""Resumable work in chunks: each finished chunk's rows are kept in a small state file.
+
+A re-run after a kill recomputes only the chunks without a state file; the table is
+always assembled from the state files, so an interrupted and an uninterrupted run
+give byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+from tqdm import tqdm
+
+from hbr.files import TMP_PREFIX, read_tsv, write_tsv
+
+
+def _chunk_name(version: str, chunk: Sequence[str]) -> str:
+    digest = hashlib.sha1("\n".join(chunk).encode()).hexdigest()[:12]
+    return f"{version}-{digest}.tsv"
+
+
+def run_chunks(
+    items: Sequence[str],
+    state_dir: Path,
+    version: str,
+    chunk_size: int,
+    process: Callable[[list[str]], pd.DataFrame],
+    desc: str = "",
+) -> pd.DataFrame:
+    """Apply `process` to consecutive chunks of `items`, skipping chunks done by an earlier run.
+
+    `state_dir` belongs to one stage; `version` must change whenever the result would
+    (e.g. a model or config hash), so a state file is only reused for the same work.
+    State files of other versions or other item lists are removed at the end.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    parts, used = [], set()
+    chunks = [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    with tqdm(total=len(items), desc=desc, unit="img", disable=not items) as bar:
+        for chunk in chunks:
+            path = state_dir / _chunk_name(version, chunk)
+            used.add(path.name)
+            if not path.exists():
+                write_tsv(path, process(chunk))
+            parts.append(read_tsv(path))
+            bar.update(len(chunk))
+    for stale in state_dir.glob("*.tsv"):
+        if stale.name not in used and not stale.name.startswith(TMP_PREFIX):
+            stale.unlink()
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

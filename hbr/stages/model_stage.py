@@ -1,0 +1,110 @@
+"""What every model stage does alike: find or train its model, then predict in resumable chunks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from hbr.cli import DEFAULT_LABELS, Context
+from hbr.config import config_hash
+from hbr.data import Preprocess
+from hbr.devices import configure_threads, resolve_device, to_device
+from hbr.errors import HbrError
+from hbr.files import write_json
+from hbr.models import load_checkpoint, read_checkpoint, save_checkpoint
+from hbr.training import TrainResult
+
+PREDICT_CHUNK = 1024  # images per resumable prediction chunk
+
+
+def files_digest(paths: Iterable[Path]) -> str:
+    """SHA-256 over the names and contents of label files (a change means retraining)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def label_location(ctx: Context, default_names: Iterable[str]) -> Path:
+    """--labels, else the first of `default_names` that exists in labels/ (else the first name)."""
+    if ctx.args.labels is not None:
+        return Path(ctx.args.labels)
+    names = list(default_names)
+    for name in names:
+        if (DEFAULT_LABELS / name).exists():
+            return DEFAULT_LABELS / name
+    return DEFAULT_LABELS / names[0]
+
+
+def model_file(ctx: Context, model_name: str) -> Path:
+    """Checkpoint path: in --models DIR when given, else in WORKDIR/models."""
+    root = Path(ctx.args.models) if ctx.args.models is not None else ctx.workdir / "models"
+    return root / model_name / "model.pt"
+
+
+def metrics_file(checkpoint: Path) -> Path:
+    """The JSON of training metrics kept beside a checkpoint."""
+    return checkpoint.with_name("metrics.json")
+
+
+def preprocess_for(ctx: Context, input_h: int, input_w: int) -> Preprocess:
+    """The preprocessing of a new model: the configured canvas and input size."""
+    return Preprocess(ctx.cfg.canvas.height, ctx.cfg.canvas.width, input_h, input_w)
+
+
+def stage_device(ctx: Context) -> torch.device:
+    """Resolve --device and apply the thread setting."""
+    configure_threads(ctx.cfg.runtime)
+    return resolve_device(ctx.device)
+
+
+def _is_current(path: Path, wanted_hash: str) -> bool:
+    if not path.is_file():
+        return False
+    return read_checkpoint(path).get("config_hash") == wanted_hash
+
+
+def save_trained(path: Path, model: torch.nn.Module, result: TrainResult, meta: dict) -> None:
+    """Save the best weights as a self-describing checkpoint plus metrics JSON beside it."""
+    model.load_state_dict(result.state_dict)
+    save_checkpoint(path, model, {**meta, "metrics": result.metrics})
+    write_json(metrics_file(path), {"best": result.metrics, "history": result.history, **meta})
+    print(f"model saved: {path} (metrics: {metrics_file(path)})")
+
+
+def obtain_model(
+    ctx: Context,
+    model_name: str,
+    settings: tuple,
+    label_paths: Callable[[], list[Path]],
+    train_model: Callable[[Path, str], None],
+    device: torch.device,
+):
+    """Train and/or load the stage's model as --mode and --models ask; (model, meta) or None in train mode.
+
+    `settings` are the config sections that shape training; with the labels' digest
+    they make the config hash stored in the checkpoint, so `run` retrains only when
+    the labels or these settings changed.
+    """
+    mode, given_models = ctx.args.mode, ctx.args.models is not None
+    path = model_file(ctx, model_name)
+    if given_models and mode == "train":
+        raise HbrError("--models is for prediction with existing models; train without it")
+    if given_models or mode == "predict":
+        if not path.is_file():
+            raise HbrError(f"no model at {path}; train it first (--mode train) or give --models DIR")
+    else:
+        wanted = config_hash(*settings, files_digest(label_paths()))
+        if mode == "train" or not _is_current(path, wanted):
+            print(f"training {model_name} ({'asked' if mode == 'train' else 'no model for these labels and config'})")
+            train_model(path, wanted)
+        else:
+            print(f"using trained model {path} (labels and config unchanged)")
+        if mode == "train":
+            return None
+    model, meta = load_checkpoint(path)
+    return to_device(model, device, ctx.cfg.runtime), meta

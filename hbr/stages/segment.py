@@ -1,0 +1,241 @@
+"""Stage 7: one U-Net for the head and six body landmarks, per background.
+
+The network has one output channel per landmark and is trained jointly from LabelMe
+files (head polygon, six points as discs). Prediction is one forward pass per image
+for all landmarks; each probability map is mapped back to the original image and
+saved as a uint8 PNG (probability x 255) in 7_segment_predicted_{landmark}_{bak}/.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from hbr import cli
+from hbr.cli import Context
+from hbr.data import PredictionSet, Preprocess, SegmenterSet
+from hbr.errors import HbrError
+from hbr.files import image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
+from hbr.imaging import from_canvas
+from hbr.labels import labelme_files, read_labelme
+from hbr.landmarks import HEAD, LANDMARKS, check_landmarks
+from hbr.measure import box_from_mask
+from hbr.models import create_model
+from hbr.prediction import predict_batches
+from hbr.resume import run_chunks
+from hbr.stages.model_stage import (
+    PREDICT_CHUNK,
+    label_location,
+    obtain_model,
+    preprocess_for,
+    save_trained,
+    stage_device,
+)
+from hbr.training import seed_everything, split_indices, train
+
+STAGE = "7_segment"
+TOTAL_BODY_NPY = "1_Total_Body_npy"
+
+
+def input_prefix(bak: str) -> str:
+    """Image folders this stage reads (stage 6's kept images)."""
+    return f"6_pose_{bak}_predicted"
+
+
+def mask_folder(workdir: Path, landmark: str, bak: str) -> Path:
+    """Where the masks of one landmark and background go."""
+    return workdir / f"7_segment_predicted_{landmark}_{bak}"
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two Boxes (0 when either is missing)."""
+    if a is None or b is None:
+        return 0.0
+    ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    inter = ix * iy
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
+class SegmenterObjective:
+    """BCE (point channels weighted) + soft Dice; validation head IoU and point centre error."""
+
+    def __init__(self, landmarks, point_weight: float, miss_penalty: float):
+        self.landmarks = tuple(landmarks)
+        self.weight = torch.tensor([1.0 if n == HEAD else point_weight for n in self.landmarks])
+        self.miss_penalty = miss_penalty  # centre error (input px) charged for a landmark not found
+
+    def loss(self, outputs, targets):
+        w = self.weight.to(outputs.device).view(1, -1, 1, 1)
+        bce = (F.binary_cross_entropy_with_logits(outputs, targets, reduction="none") * w).mean()
+        prob = outputs.sigmoid()
+        inter = (prob * targets).sum((2, 3))
+        dice = 1 - (2 * inter + 1) / (prob.sum((2, 3)) + targets.sum((2, 3)) + 1)
+        return bce + dice.mean()
+
+    def metrics(self, outputs, targets):
+        prob = outputs.sigmoid().numpy()
+        truth = targets.numpy()
+        ious, errors = [], {n: [] for n in self.landmarks if n != HEAD}
+        for p, t in zip(prob, truth):
+            for c, name in enumerate(self.landmarks):
+                pred, true = box_from_mask(p[c], 0.5), box_from_mask(t[c], 0.5)
+                if name == HEAD:
+                    ious.append(iou(pred, true))
+                elif true is not None:
+                    err = self.miss_penalty if pred is None else float(np.hypot(pred.cx - true.cx, pred.cy - true.cy))
+                    errors[name].append(err)
+        out = {"head_iou": float(np.median(ious)) if ious else float("nan")}
+        for name, errs in errors.items():
+            out[f"{name}_err_px"] = float(np.median(errs)) if errs else float("nan")
+        point_err = float(np.median(np.concatenate([e for e in errors.values() if e]))) if any(errors.values()) else 0.0
+        out["point_err_px"] = point_err
+        out["score"] = np.nan_to_num(out["head_iou"]) - 0.1 * point_err
+        return out
+
+
+def _read_labels(folder: Path, workdir: Path, min_images: int):
+    files = labelme_files(folder)
+    if not files:
+        raise HbrError(f"{folder}: no LabelMe .json files")
+    items = []
+    for path in files:
+        try:
+            items.append(read_labelme(path, [workdir / TOTAL_BODY_NPY]))
+        except HbrError as exc:
+            print(f"{exc}; file skipped")
+    if len(items) < min_images:
+        raise HbrError(f"{folder}: only {len(items)} usable LabelMe file(s); at least {min_images} are needed")
+    return items
+
+
+def _train_segmenter(ctx: Context, folder: Path, device):
+    def train_into(path: Path, wanted_hash: str) -> None:
+        s = ctx.cfg.segmenter
+        items = _read_labels(folder, ctx.workdir, s.train.min_images)
+        prep = preprocess_for(ctx, s.input_height, s.input_width)
+        train_idx, val_idx = split_indices(len(items), s.train.val_fraction, s.train.seed)
+        print(f"{folder}: {len(train_idx)} training and {len(val_idx)} validation images")
+
+        def dataset(idx, aug):
+            chosen = [items[i] for i in idx]
+            return SegmenterSet([x.image for x in chosen], [x.shapes for x in chosen], LANDMARKS,
+                                prep, aug, s.train.seed, s.point_radius)
+
+        seed_everything(s.train.seed)
+        spec = {"kind": "segmenter", "arch": s.arch, "encoder": s.encoder, "classes": len(LANDMARKS)}
+        model = create_model(spec, pretrained=s.pretrained)
+        with torch.no_grad():  # points are rare pixels: start their outputs near "absent"
+            head_conv = model.segmentation_head[0]
+            for c, name in enumerate(LANDMARKS):
+                if name != HEAD:
+                    head_conv.bias[c] = s.point_bias
+        result = train(
+            model, dataset(train_idx, s.augment), dataset(val_idx, None),
+            SegmenterObjective(LANDMARKS, s.point_weight, miss_penalty=float(s.input_width)),
+            s.train, device, ctx.cfg.runtime,
+        )
+        meta = {
+            "spec": spec,
+            "preprocess": prep.to_dict(),
+            "task": {"stage": STAGE, "landmarks": list(LANDMARKS), "label_folder": str(folder),
+                     "point_radius": s.point_radius},
+            "config_hash": wanted_hash,
+        }
+        save_trained(path, model, result, meta)
+
+    return train_into
+
+
+def masks_to_original(prob: np.ndarray, prep: Preprocess, rows: int, cols: int) -> np.ndarray:
+    """(C, input_h, input_w) probabilities -> (C, rows, cols) on the original image."""
+    canvas = np.stack([cv2.resize(p, (prep.canvas_w, prep.canvas_h), interpolation=cv2.INTER_LINEAR) for p in prob])
+    return from_canvas(canvas, prep.placement(rows, cols), fill=0.0)
+
+
+def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: tuple[str, ...], device) -> pd.DataFrame:
+    """Write the masks of `wanted` landmarks for a batch of images; one status row per image."""
+    prep = Preprocess(**meta["preprocess"])
+    channels = [meta["task"]["landmarks"].index(n) for n in wanted]
+    npy_dir, _ = image_folders(ctx.workdir, input_prefix(bak))
+    paths = [npy_dir / f"{i}.npy" for i in ids]
+    save_npy = ctx.cfg.segmenter.save_npy
+
+    def write(image_id: str, path: Path, prob: np.ndarray) -> None:
+        rows, cols = np.load(path, mmap_mode="r", allow_pickle=False).shape[:2]
+        full = masks_to_original(prob[channels], prep, rows, cols)
+        for name, mask in zip(wanted, full):
+            folder = mask_folder(ctx.workdir, name, bak)
+            write_png(folder / f"{image_id}.png", np.round(np.clip(mask, 0, 1) * 255).astype(np.uint8))
+            if save_npy:
+                write_npy(folder / f"{image_id}.npy", mask.astype(np.float16))
+
+    rows, pending = [], []
+    p = ctx.cfg.predict
+    # mask writing runs in threads (OpenCV releases the GIL) while the next batch is predicted
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for probs, (index, ok) in predict_batches(
+            model, PredictionSet(paths, prep), p.batch_size, p.workers, device, ctx.cfg.runtime,
+            postprocess=torch.sigmoid,
+        ):
+            for prob, i, good in zip(probs.numpy(), index.tolist(), ok.tolist()):
+                if good:
+                    pending.append(pool.submit(write, ids[i], paths[i], prob))
+                rows.append({"Image": ids[i], "status": "ok" if good else "unreadable image"})
+        for job in pending:
+            job.result()
+    return pd.DataFrame(rows, columns=["Image", "status"])
+
+
+def run(ctx: Context) -> None:
+    """Train and/or predict the landmark U-Net of one background, as --mode asks."""
+    bak = ctx.args.background
+    wanted = check_landmarks(ctx.args.landmarks or LANDMARKS)
+    npy_dir, _ = image_folders(ctx.workdir, input_prefix(bak))
+    if ctx.args.mode != "train" and not npy_dir.is_dir():
+        raise HbrError(f"input folder {npy_dir} not found: run stage 6 {bak} first")
+    device = stage_device(ctx)
+    folder = label_location(ctx, [f"7_segment_{bak}", f"7_segment_masked_{bak}_direct/in"])
+    s = ctx.cfg.segmenter
+    settings = (STAGE, s.arch, s.encoder, s.input_height, s.input_width, s.pretrained, s.point_radius,
+                s.point_weight, s.point_bias, s.train, s.augment, ctx.cfg.canvas)
+    loaded = obtain_model(ctx, f"{STAGE}_{bak}", settings, lambda: labelme_files(folder),
+                          _train_segmenter(ctx, folder, device), device)
+    if loaded is None:
+        return
+    model, meta = loaded
+    ids = list_images(npy_dir)
+    version = f"{meta['config_hash']}-{'-'.join(wanted)}-{int(s.save_npy)}"
+    table = run_chunks(
+        ids, ctx.workdir / ".state" / f"{STAGE}_{bak}", version, PREDICT_CHUNK,
+        lambda chunk: segment_images(model, meta, ctx, bak, chunk, wanted, device), desc=f"{STAGE} {bak}",
+    )
+    if table.empty:
+        table = pd.DataFrame(columns=["Image", "status"])
+    write_tsv(ctx.workdir / f"7_segment_{bak}.tsv", table)
+    done = set(table.loc[table["status"] == "ok", "Image"])
+    for name in wanted:
+        folder_out = mask_folder(ctx.workdir, name, bak)
+        folder_out.mkdir(parents=True, exist_ok=True)
+        remove_stale(folder_out, {f"{i}{ext}" for i in done for ext in (".png", ".npy")})
+    print(f"7_segment: masks of {len(done)} {bak}-background images for {', '.join(wanted)} -> "
+          f"{mask_folder(ctx.workdir, '{landmark}', bak)}")
+
+
+def add_arguments(parser) -> None:
+    """Stage 7 options: background, optional landmark names, model options."""
+    cli.add_background_argument(parser)
+    cli.add_landmark_argument(parser)
+    cli.add_model_arguments(parser)
+
+
+def main(argv=None) -> int:
+    """Command line of stage 7."""
+    return cli.main(STAGE, __doc__, add_arguments, run, argv)

@@ -1,0 +1,139 @@
+"""The one training loop, shared by the classifiers and the segmenter.
+
+A task-specific `Objective` supplies the loss and the validation metrics; the loop
+does the rest: seeded shuffling, mixed precision, one-cycle learning rate, per-epoch
+log lines, best-epoch selection and an optional time limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+
+from hbr.config import RuntimeConfig, TrainConfig
+from hbr.devices import autocast, batch_to_device, grad_scaler, to_device
+from hbr.prediction import make_loader, predict_batches
+
+
+class Objective(Protocol):
+    """What the loop needs to know about a task."""
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch (model outputs are raw logits)."""
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Validation metrics from all validation logits and targets; must include 'score' (higher is better)."""
+
+
+@dataclass
+class TrainResult:
+    """Best weights, the metrics of their epoch, and the per-epoch history."""
+
+    state_dict: dict
+    metrics: dict
+    history: list
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) for reproducible training."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int, stratify: Optional[Sequence[int]] = None
+) -> tuple[list[int], list[int]]:
+    """Seeded train/validation split of range(n), stratified by `stratify` when given."""
+    indices = list(range(n))
+    n_val = int(round(n * val_fraction))
+    if n_val == 0:
+        return indices, []
+    if stratify is not None:
+        counts = np.bincount(np.asarray(stratify, int))
+        if counts[counts > 0].min() < 2 or n_val < len(counts[counts > 0]):
+            stratify = None  # too few of a class to stratify; a plain split still works
+    train, val = train_test_split(indices, test_size=n_val, random_state=seed, stratify=stratify)
+    return sorted(train), sorted(val)
+
+
+def _collect(model, dataset, batch_size, workers, device, runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    outputs, targets = [], []
+    for out, (target,) in predict_batches(model, dataset, batch_size, workers, device, runtime):
+        outputs.append(out)
+        targets.append(target)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def _format(metrics: dict) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def train(
+    model: torch.nn.Module,
+    train_set: Dataset,
+    val_set: Optional[Dataset],
+    objective: Objective,
+    cfg: TrainConfig,
+    device: torch.device,
+    runtime: RuntimeConfig,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train `model` and return the weights of its best validation epoch (the last without validation)."""
+    model = to_device(model, device, runtime)
+    batch_size = min(cfg.batch_size, len(train_set))
+    steps = max(len(train_set) // batch_size, 1)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
+    scaler = grad_scaler(device)
+    best: Optional[TrainResult] = None
+    history = []
+    start = time.monotonic()
+    for epoch in range(cfg.epochs):
+        epoch_start = time.monotonic()
+        model.train()
+        train_set.set_epoch(epoch)
+        loader = make_loader(
+            train_set,
+            batch_size,
+            cfg.workers,
+            device,
+            shuffle=True,
+            drop_last=True,  # BatchNorm cannot train on a batch of one
+            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
+        )
+        losses = []
+        for x, target in loader:
+            with autocast(device, runtime):
+                out = model(batch_to_device(x, device, runtime))
+            loss = objective.loss(out.float(), target.to(device))
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            schedule.step()
+            losses.append(loss.item())
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        if val_set is not None and len(val_set):
+            outputs, targets = _collect(model, val_set, batch_size, cfg.workers, device, runtime)
+            record["val_loss"] = float(objective.loss(outputs, targets))
+            record.update(objective.metrics(outputs, targets))
+        record["seconds"] = round(time.monotonic() - epoch_start, 2)
+        history.append(record)
+        log(f"epoch {epoch + 1}/{cfg.epochs} {_format(record)}")
+        if best is None or "score" not in record or record["score"] > best.metrics["score"]:
+            best = TrainResult(copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), record, history)
+        if cfg.time_limit_min > 0 and time.monotonic() - start > 60 * cfg.time_limit_min:
+            log(f"time limit of {cfg.time_limit_min} min reached after epoch {epoch + 1}")
+            break
+    best.history = history
+    log(f"best epoch {best.metrics['epoch']}: {_format(best.metrics)}")
+    return best
