@@ -85,12 +85,12 @@ class SegmenterConfig:
     input_height: int = 960
     input_width: int = 384
     pretrained: bool = False
-    point_radius: float = 8.0  # disc radius of point targets, input pixels
+    point_radius: float = 24.0  # disc radius of point targets, input pixels (~8 at 320x128)
     point_weight: float = 10.0  # BCE weight of point channels
     point_bias: float = -2.2  # initial output bias of point channels
     threshold: float = 0.5  # mask probability threshold in stage 8
     save_npy: bool = False  # also save float masks as .npy
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=4))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5))
 
 

@@ -28,6 +28,7 @@ from hbr.prediction import predict_batches
 from hbr.resume import run_chunks
 from hbr.stages.model_stage import (
     PREDICT_CHUNK,
+    finish_without_images,
     label_location,
     obtain_model,
     preprocess_for,
@@ -37,6 +38,7 @@ from hbr.stages.model_stage import (
 from hbr.training import seed_everything, split_indices, train
 
 TOTAL_BODY = "1_Total_Body"
+COLUMNS = ["Image", "prob", "label", "decision", "reason"]
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ def classify_images(model, meta, npy_dir: Path, ids: list[str], task: Classifier
     ):
         for prob, i, good in zip(probs.tolist(), index.tolist(), ok.tolist()):
             rows.append({"Image": ids[i], **_decide(prob, good, task, ctx.cfg.classifier.threshold)})
-    return pd.DataFrame(rows, columns=["Image", "prob", "label", "decision", "reason"])
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def run(ctx: Context) -> None:
@@ -174,6 +176,10 @@ def run(ctx: Context) -> None:
     npy_dir, _ = image_folders(ctx.workdir, task.input_prefix)
     if ctx.args.mode != "train" and not npy_dir.is_dir():
         raise HbrError(f"input folder {npy_dir} not found: run the previous stage first")
+    ids = list_images(npy_dir)
+    if ctx.args.mode != "train" and not ids:
+        finish_without_images(ctx, ctx.workdir / task.table, COLUMNS, image_folders(ctx.workdir, task.output_prefix))
+        return
     device = stage_device(ctx)
     label_path = label_location(ctx, [task.labels])
     c = ctx.cfg.classifier
@@ -183,14 +189,11 @@ def run(ctx: Context) -> None:
     if loaded is None:
         return
     model, meta = loaded
-    ids = list_images(npy_dir)
     version = f"{meta['config_hash']}-{c.threshold}"
     table = run_chunks(
         ids, ctx.workdir / ".state" / task.stage, version, PREDICT_CHUNK,
         lambda chunk: classify_images(model, meta, npy_dir, chunk, task, ctx, device), desc=task.stage,
     )
-    if table.empty:
-        table = pd.DataFrame(columns=["Image", "prob", "label", "decision", "reason"])
     write_tsv(ctx.workdir / task.table, table)
     kept = table.loc[table["decision"] == "keep", "Image"].tolist()
     keep_images(kept, task.input_prefix, task.output_prefix, ctx.workdir)

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Callable, Iterable
 
+import pandas as pd
 import torch
 
 from hbr.cli import DEFAULT_LABELS, Context
@@ -13,7 +14,7 @@ from hbr.config import config_hash
 from hbr.data import Preprocess
 from hbr.devices import configure_threads, resolve_device, to_device
 from hbr.errors import HbrError
-from hbr.files import write_json
+from hbr.files import remove_stale, write_json, write_tsv
 from hbr.models import load_checkpoint, read_checkpoint, save_checkpoint
 from hbr.training import TrainResult
 
@@ -29,15 +30,23 @@ def files_digest(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def label_location(ctx: Context, default_names: Iterable[str]) -> Path:
-    """--labels, else the first of `default_names` that exists in labels/ (else the first name)."""
-    if ctx.args.labels is not None:
-        return Path(ctx.args.labels)
+def label_location(ctx: Context, default_names: Iterable[str], folder_of_files: bool = False) -> Path:
+    """The stage's labels: --labels (a file, or a folder holding the stage's default name), else labels/.
+
+    With `folder_of_files` (LabelMe JSON) a --labels folder without a matching
+    sub-folder is taken to be the folder of label files itself.
+    """
+    given = Path(ctx.args.labels) if ctx.args.labels is not None else None
+    if given is not None and given.is_file():
+        return given
+    root = given if given is not None else DEFAULT_LABELS
     names = list(default_names)
     for name in names:
-        if (DEFAULT_LABELS / name).exists():
-            return DEFAULT_LABELS / name
-    return DEFAULT_LABELS / names[0]
+        if (root / name).exists():
+            return root / name
+    if folder_of_files and given is not None and given.is_dir():
+        return given
+    return root / names[0]
 
 
 def model_file(ctx: Context, model_name: str) -> Path:
@@ -60,6 +69,15 @@ def stage_device(ctx: Context) -> torch.device:
     """Resolve --device and apply the thread setting."""
     configure_threads(ctx.cfg.runtime)
     return resolve_device(ctx.device)
+
+
+def finish_without_images(ctx: Context, table_path: Path, columns: list[str], clear: Iterable[Path]) -> None:
+    """An input folder with no images: write an empty table, empty the outputs, need no model."""
+    write_tsv(table_path, pd.DataFrame(columns=columns))
+    for folder in clear:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale(folder, ())
+    print(f"{ctx.stage}: no input images; wrote an empty {table_path}")
 
 
 def _is_current(path: Path, wanted_hash: str) -> bool:

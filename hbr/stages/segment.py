@@ -31,6 +31,7 @@ from hbr.prediction import predict_batches
 from hbr.resume import run_chunks
 from hbr.stages.model_stage import (
     PREDICT_CHUNK,
+    finish_without_images,
     label_location,
     obtain_model,
     preprocess_for,
@@ -41,6 +42,7 @@ from hbr.training import seed_everything, split_indices, train
 
 STAGE = "7_segment"
 TOTAL_BODY_NPY = "1_Total_Body_npy"
+COLUMNS = ["Image", "status"]
 
 
 def input_prefix(bak: str) -> str:
@@ -191,7 +193,7 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
                 rows.append({"Image": ids[i], "status": "ok" if good else "unreadable image"})
         for job in pending:
             job.result()
-    return pd.DataFrame(rows, columns=["Image", "status"])
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def run(ctx: Context) -> None:
@@ -201,8 +203,13 @@ def run(ctx: Context) -> None:
     npy_dir, _ = image_folders(ctx.workdir, input_prefix(bak))
     if ctx.args.mode != "train" and not npy_dir.is_dir():
         raise HbrError(f"input folder {npy_dir} not found: run stage 6 {bak} first")
+    ids = list_images(npy_dir)
+    if ctx.args.mode != "train" and not ids:
+        finish_without_images(ctx, ctx.workdir / f"7_segment_{bak}.tsv", COLUMNS,
+                              [mask_folder(ctx.workdir, name, bak) for name in wanted])
+        return
     device = stage_device(ctx)
-    folder = label_location(ctx, [f"7_segment_{bak}", f"7_segment_masked_{bak}_direct/in"])
+    folder = label_location(ctx, [f"7_segment_{bak}", f"7_segment_masked_{bak}_direct/in"], folder_of_files=True)
     s = ctx.cfg.segmenter
     settings = (STAGE, s.arch, s.encoder, s.input_height, s.input_width, s.pretrained, s.point_radius,
                 s.point_weight, s.point_bias, s.train, s.augment, ctx.cfg.canvas)
@@ -211,14 +218,11 @@ def run(ctx: Context) -> None:
     if loaded is None:
         return
     model, meta = loaded
-    ids = list_images(npy_dir)
     version = f"{meta['config_hash']}-{'-'.join(wanted)}-{int(s.save_npy)}"
     table = run_chunks(
         ids, ctx.workdir / ".state" / f"{STAGE}_{bak}", version, PREDICT_CHUNK,
         lambda chunk: segment_images(model, meta, ctx, bak, chunk, wanted, device), desc=f"{STAGE} {bak}",
     )
-    if table.empty:
-        table = pd.DataFrame(columns=["Image", "status"])
     write_tsv(ctx.workdir / f"7_segment_{bak}.tsv", table)
     done = set(table.loc[table["status"] == "ok", "Image"])
     for name in wanted:

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs stages 1-8 in order (5-8 for black and white backgrounds), one after the other,
+# stopping at the first failure. Each stage's output goes to the terminal and to
+# WORKDIR/logs/<stage>.log. A re-run resumes: finished work is reused.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() {
+  cat <<EOF
+Usage: 0_pipeline.sh --input ZIPS [options]
+       0_pipeline.sh --demo [options]
+
+Runs the whole hbr pipeline: DICOM zips -> QC -> landmarks -> HBR phenotypes.
+
+  --input PATH     folder of DICOM zips (also a zip, a folder of .dcm, or a .dcm)
+  --workdir DIR    work directory (default: ./work)
+  --labels DIR     folder of label files (default: $REPO/labels)
+  --config FILE    YAML config (default: configs/default.yaml; configs/demo.yaml with --demo)
+  --models DIR     predict with trained models (e.g. an earlier WORKDIR/models); no labels needed
+  --device DEV     auto, cpu, cuda or cuda:N (default: auto)
+  --demo           generate the phantom data set into WORKDIR/phantom, train every model, run all
+                   stages and print the accuracy against the phantom's ground truth
+  --demo-size N    participants in the demo phantom set (default: 100)
+  --from N         start at stage N (1-8); earlier stages' outputs must exist
+  --set KEY=VALUE  config override, repeatable (e.g. --set classifier.train.epochs=5)
+  -h, --help       show this help
+EOF
+}
+
+INPUT="" WORKDIR="work" LABELS="" CONFIG="" MODELS="" DEVICE="auto" DEMO=0 DEMO_N=100 FROM=1
+SETS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --input) INPUT="$2"; shift 2 ;;
+    --workdir) WORKDIR="$2"; shift 2 ;;
+    --labels) LABELS="$2"; shift 2 ;;
+    --config) CONFIG="$2"; shift 2 ;;
+    --models) MODELS="$2"; shift 2 ;;
+    --device) DEVICE="$2"; shift 2 ;;
+    --demo) DEMO=1; shift ;;
+    --demo-size) DEMO_N="$2"; shift 2 ;;
+    --from) FROM="$2"; shift 2 ;;
+    --set) SETS+=(--set "$2"); shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "0_pipeline: unknown option $1 (see -h)" >&2; exit 2 ;;
+  esac
+done
+
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
+elif [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"
+else PY="python3"; fi
+
+case "$FROM" in [1-8]) ;; *) echo "0_pipeline: --from must be 1-8, got '$FROM'" >&2; exit 2 ;; esac
+mkdir -p "$WORKDIR/logs"
+WORKDIR="$(cd "$WORKDIR" && pwd)"
+
+if [ "$DEMO" = 1 ]; then
+  CONFIG="${CONFIG:-$REPO/configs/demo.yaml}"
+  PHANTOM="$WORKDIR/phantom"
+  if [ ! -f "$PHANTOM/ground_truth.tsv" ]; then
+    echo "== demo: generating $DEMO_N phantom participants into $PHANTOM"
+    "$PY" -m hbr.phantom --out "$PHANTOM" --n "$DEMO_N" --seed 0 2>&1 | tee "$WORKDIR/logs/0_phantom.log"
+  fi
+  INPUT="${INPUT:-$PHANTOM/zips}"
+  LABELS="${LABELS:-$PHANTOM/labels}"
+fi
+CONFIG="${CONFIG:-$REPO/configs/default.yaml}"
+LABELS="${LABELS:-$REPO/labels}"
+if [ "$FROM" = 1 ] && [ -z "$INPUT" ]; then
+  echo "0_pipeline: --input is required (or --demo); see -h" >&2; exit 2
+fi
+
+COMMON=(--workdir "$WORKDIR" --config "$CONFIG" --device "$DEVICE" ${SETS[@]+"${SETS[@]}"})
+if [ -n "$MODELS" ]; then MODEL_OPTS=(--models "$MODELS"); else MODEL_OPTS=(--labels "$LABELS"); fi
+
+# run_stage NUMBER LOGNAME SCRIPT ARGS...: runs one stage, logs it, stops the pipeline on failure.
+run_stage() {
+  local number="$1" name="$2" script="$3"; shift 3
+  [ "$number" -lt "$FROM" ] && return 0
+  local log="$WORKDIR/logs/$name.log"
+  echo "== stage $number: $script $*"
+  local start=$SECONDS
+  if ! "$PY" "$REPO/$script" "$@" "${COMMON[@]}" 2>&1 | tee "$log"; then
+    echo "0_pipeline: stage $number ($name) failed; log: $log; reason: $(grep -v '^\s*$' "$log" | tail -n 1)" >&2
+    exit 1
+  fi
+  echo "== stage $number done in $((SECONDS - start)) s (log: $log)"
+}
+
+run_stage 1 1_dcm2img 1_dcm2img.py --input "$INPUT"
+run_stage 2 2_body_class 2_body_class.py "${MODEL_OPTS[@]}"
+run_stage 3 3_crop_class 3_crop_class.py "${MODEL_OPTS[@]}"
+run_stage 4 4_background_class 4_background_class.py
+for BAK in black white; do
+  run_stage 5 "5_contrast_class_$BAK" 5_contrast_class.py "$BAK" "${MODEL_OPTS[@]}"
+  run_stage 6 "6_pose_class_$BAK" 6_pose_class.py "$BAK" "${MODEL_OPTS[@]}"
+  run_stage 7 "7_segment_$BAK" 7_segment.py "$BAK" "${MODEL_OPTS[@]}"
+  run_stage 8 "8_cal_segment_$BAK" 8_cal_segment.py "$BAK"
+done
+
+echo "== results: $WORKDIR/8_segment_result/hbr_table.tsv (one row per image)"
+echo "== report:  $WORKDIR/8_segment_result/report/index.html"
+if [ "$DEMO" = 1 ]; then
+  "$PY" -m hbr.evaluate --workdir "$WORKDIR" --truth "$WORKDIR/phantom/ground_truth.tsv" 2>&1 \
+    | tee "$WORKDIR/logs/9_demo_accuracy.log"
+fi

@@ -1,0 +1,51 @@
+"""Config loading, overrides and the rejection of unknown keys."""
+
+import pytest
+
+from hbr.cli import DEFAULT_CONFIG, REPO_ROOT
+from hbr.config import Config, ConfigError, dump_config, load_config, valid_keys
+
+
+def test_default_yaml_equals_builtin_defaults():
+    assert load_config(DEFAULT_CONFIG) == Config()
+
+
+def test_demo_yaml_is_small():
+    cfg = load_config(REPO_ROOT / "configs" / "demo.yaml")
+    assert cfg.classifier.arch == "resnet18"
+    assert cfg.segmenter.encoder == "resnet18"
+    assert cfg.canvas == Config().canvas
+
+
+def test_override_types_and_nesting():
+    cfg = load_config(DEFAULT_CONFIG, ["classifier.train.epochs=3", "segmenter.save_npy=true", "dicom.protocol=Total Body"])
+    assert cfg.classifier.train.epochs == 3
+    assert cfg.segmenter.save_npy is True
+    assert cfg.dicom.protocol == "Total Body"
+    assert cfg.segmenter.train.epochs == Config().segmenter.train.epochs  # sections do not leak
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["classifier.trian.epochs=3"])
+    assert "classifier.trian" in str(err.value) and "classifier.train.epochs" in str(err.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("canvas:\n  hieght: 5\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*canvas.hieght.*canvas.height"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("override", ["classifier.train.epochs=three", "segmenter.save_npy=maybe", "canvas=5", "noequals"])
+def test_bad_values_are_refused(override):
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+def test_frozen_and_round_trip(tmp_path):
+    cfg = load_config(None, ["predict.batch_size=3"])
+    with pytest.raises(AttributeError):
+        cfg.predict.batch_size = 4
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+    assert "runtime.cpu_bf16" in valid_keys()

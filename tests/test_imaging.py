@@ -1,0 +1,62 @@
+"""Canvas padding/cropping and the coordinate mappings back to the original image."""
+
+import numpy as np
+import pytest
+
+from hbr.data import Preprocess
+from hbr.imaging import (
+    canvas_to_input_xy,
+    canvas_to_original_xy,
+    from_canvas,
+    input_to_canvas_xy,
+    original_to_canvas_xy,
+    to_canvas,
+)
+
+
+def test_pad_uses_corner_value_and_centres():
+    image = np.full((791, 272), 252, np.uint8)
+    image[100, 50] = 7
+    canvas, p = to_canvas(image, 960, 384)
+    assert canvas.shape == (960, 384) and (canvas[:5] == 252).all()
+    assert (p.top, p.left) == ((960 - 791) // 2, (384 - 272) // 2)
+    x, y = original_to_canvas_xy(50, 100, p)
+    assert canvas[int(y), int(x)] == 7
+    assert canvas_to_original_xy(x, y, p) == (50, 100)
+
+
+def test_crop_of_oversize_image_maps_back():
+    image = np.arange(1000 * 400, dtype=np.int32).reshape(1000, 400)
+    canvas, p = to_canvas(image, 960, 384)
+    assert p.oversize and (p.top, p.left) == (-20, -8)
+    assert canvas[0, 0] == image[20, 8]
+    back = from_canvas(canvas, p, fill=-1)
+    assert back.shape == image.shape
+    assert (back[20:980, 8:392] == image[20:980, 8:392]).all()
+    assert (back[:20] == -1).all() and (back[:, :8] == -1).all()
+
+
+def test_from_canvas_inverts_to_canvas_for_padded_images():
+    image = np.random.default_rng(0).integers(0, 252, (791, 272)).astype(np.uint8)
+    canvas, p = to_canvas(image, 960, 384)
+    assert (from_canvas(canvas, p) == image).all()
+    stack = np.stack([canvas, canvas])  # (C, H, W) maps map back together
+    assert from_canvas(stack, p).shape == (2, 791, 272)
+
+
+@pytest.mark.parametrize("xy", [(0.0, 0.0), (100.5, 700.25), (383.0, 959.0)])
+def test_input_canvas_round_trip(xy):
+    _, p = to_canvas(np.zeros((791, 272), np.uint8), 960, 384)
+    there = canvas_to_input_xy(*xy, 320, 128, p)
+    assert np.allclose(input_to_canvas_xy(*there, 320, 128, p), xy)
+
+
+def test_preprocess_landmarks_follow_the_image():
+    """A bright pixel drawn at an original position lands where landmarks_to_input says."""
+    image = np.zeros((791, 272), np.uint8)
+    image[400:404, 100:104] = 255  # centre (101.5, 401.5)
+    prep = Preprocess(960, 384, 480, 192)
+    small = prep.input_image(image)
+    ys, xs = np.nonzero(small > 0.2)
+    (cx, cy), = prep.landmarks_to_input(np.array([[101.5, 401.5]]), 791, 272)
+    assert abs(xs.mean() - cx) < 0.6 and abs(ys.mean() - cy) < 0.6

@@ -1,0 +1,100 @@
+"""Model registry, self-describing checkpoints, augmentation and the training loop on tiny data."""
+
+import numpy as np
+import pytest
+import torch
+
+from hbr.augment import random_affine, warp_points
+from hbr.config import AugmentConfig, RuntimeConfig, TrainConfig
+from hbr.data import ClassifierSet, Preprocess, SegmenterSet
+from hbr.errors import HbrError
+from hbr.models import create_model, load_checkpoint, save_checkpoint
+from hbr.training import split_indices, train
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(HbrError, match="valid: resnet18, resnet34"):
+        create_model({"kind": "classifier", "arch": "resnet9", "num_outputs": 2})
+    with pytest.raises(HbrError, match="valid: unet"):
+        create_model({"kind": "segmenter", "arch": "segformer", "encoder": "resnet18", "classes": 7})
+
+
+def test_models_take_one_channel():
+    clf = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2})
+    seg = create_model({"kind": "segmenter", "arch": "unet", "encoder": "resnet18", "classes": 7})
+    x = torch.zeros(2, 1, 64, 32)
+    assert clf(x).shape == (2, 2)
+    assert seg(x).shape == (2, 7, 64, 32)
+
+
+def test_checkpoint_round_trip_and_refusal(tmp_path):
+    spec = {"kind": "classifier", "arch": "resnet18", "num_outputs": 2}
+    model = create_model(spec)
+    path = tmp_path / "m" / "model.pt"
+    save_checkpoint(path, model, {"spec": spec, "metrics": {"auc": np.float64(0.9)}, "config_hash": "abc"})
+    loaded, meta = load_checkpoint(path)
+    assert meta["spec"] == spec and meta["metrics"]["auc"] == 0.9
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(HbrError, match="junk.pt: not an hbr checkpoint"):
+        load_checkpoint(junk)
+    torch.save({"something": torch.zeros(1)}, junk)
+    with pytest.raises(HbrError, match="not an hbr checkpoint"):
+        load_checkpoint(junk)
+
+
+def test_flip_swaps_left_and_right():
+    """After a mirroring augmentation the patient's left landmark is still on the image right."""
+    prep = Preprocess(96, 48, 96, 48)
+    image = np.zeros((96, 48), np.uint8)
+    shapes = {"head": np.array([[20, 5], [28, 5], [28, 15], [20, 15]], float),
+              "shoulder_left": np.array([[36.0, 25.0]]), "shoulder_right": np.array([[12.0, 25.0]]),
+              "hip_left": np.array([[30.0, 50.0]]), "hip_right": np.array([[18.0, 50.0]]),
+              "ankle_left": np.array([[28.0, 90.0]]), "ankle_right": np.array([[20.0, 90.0]])}
+    aug = AugmentConfig(rotate_deg=0, scale=0, shift=0, gamma=0, brightness=0, noise=0, hflip=1.0)
+    ds = SegmenterSet([image], [shapes], list(shapes), prep, aug, seed=0, radius=2)
+    _, target = ds[0]
+    names = list(shapes)
+    left_x = np.nonzero(target[names.index("shoulder_left")].numpy())[1].mean()
+    right_x = np.nonzero(target[names.index("shoulder_right")].numpy())[1].mean()
+    assert left_x > right_x  # mirrored image, channels swapped: anatomy stays consistent
+    assert abs(left_x - (47 - 12)) < 1e-6  # the old right shoulder, mirrored
+
+
+def test_affine_moves_points_with_the_image():
+    rng = np.random.default_rng(3)
+    matrix, _ = random_affine(rng, AugmentConfig(rotate_deg=10, scale=0.1, shift=0.1, hflip=0.0), 100, 60)
+    pts = np.array([[10.0, 20.0], [50.0, 90.0]])
+    moved = warp_points(pts, matrix)
+    assert moved.shape == (2, 2) and not np.allclose(moved, pts)
+
+
+def test_stratified_split_is_seeded():
+    labels = [0] * 20 + [1] * 10
+    a = split_indices(30, 0.2, seed=1, stratify=labels)
+    assert a == split_indices(30, 0.2, seed=1, stratify=labels)
+    assert len(a[1]) == 6 and sum(labels[i] for i in a[1]) == 2
+
+
+def test_training_loop_learns_a_trivial_task():
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(24):
+        img = rng.integers(0, 30, (64, 32)).astype(np.uint8)
+        if i % 2:
+            img[5:20, 8:24] = 240
+        images.append(img)
+        labels.append(i % 2)
+    prep = Preprocess(64, 32, 64, 32)
+    from hbr.stages.classify import ClassifierObjective
+
+    torch.manual_seed(0)
+    model = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2})
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=0.003, workers=0)
+    result = train(model, ClassifierSet(images[:16], labels[:16], prep, AugmentConfig(), 0),
+                   ClassifierSet(images[16:], labels[16:], prep, None, 0), ClassifierObjective(labels[:16]),
+                   cfg, torch.device("cpu"), RuntimeConfig(), log=lambda s: None)
+    assert result.metrics["balanced_accuracy"] == 1.0
+    assert len(result.history) == 6
