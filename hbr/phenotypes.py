@@ -183,8 +183,15 @@ def measure(
     lengths = {name: fn(g) for name, fn in LENGTHS.items()}
     cm = {name: length_cm(d, scale) for name, d in lengths.items()}
     out.update({f"{name}_cm": v for name, v in cm.items()})
-    cm["Height"] = height_cm if scale is not None else None
-    out.update({r: ratio(cm[num], cm[den]) for r, (num, den) in RATIOS.items()})
+    # A ratio of two body lengths does not depend on the cm scale (it cancels), so it is
+    # taken from pixel lengths and survives a missing or zero PatientSize; only the
+    # ratios over Height need the stature in cm.
+    px = {name: length_cm(d, 1.0) for name, d in lengths.items()}
+    for r, (num, den) in RATIOS.items():
+        if den == "Height":
+            out[r] = ratio(cm[num], height_cm if scale is not None else None)
+        else:
+            out[r] = ratio(px[num], px[den])
     out["stature_mm"] = length_mm(h_px, spacing_mm)
     out.update({f"{name}_mm": length_mm(d, spacing_mm) for name, d in lengths.items()})
     return out

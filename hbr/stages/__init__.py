@@ -1,0 +1,1 @@
+"""Stage modules: one per pipeline stage; classify serves stages 2, 3, 5 and 6."""
