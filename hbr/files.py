@@ -27,6 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; collaborators on shared storage must read them
     os.close(fd)
     tmp = Path(tmp)
     try:
