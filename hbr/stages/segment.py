@@ -21,6 +21,7 @@ from hbr import cli
 from hbr.cli import Context
 from hbr.data import PredictionSet, Preprocess, SegmenterSet
 from hbr.errors import HbrError
+from hbr.evaluate import box_iou
 from hbr.files import image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
 from hbr.imaging import from_canvas
 from hbr.labels import labelme_files, read_labelme
@@ -55,17 +56,6 @@ def mask_folder(workdir: Path, landmark: str, bak: str) -> Path:
     return workdir / f"7_segment_predicted_{landmark}_{bak}"
 
 
-def iou(a, b) -> float:
-    """Intersection over union of two Boxes (0 when either is missing)."""
-    if a is None or b is None:
-        return 0.0
-    ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
-    iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
-    inter = ix * iy
-    union = a.w * a.h + b.w * b.h - inter
-    return inter / union if union > 0 else 0.0
-
-
 class SegmenterObjective:
     """BCE (point channels weighted) + soft Dice; validation head IoU and point centre error."""
 
@@ -90,7 +80,8 @@ class SegmenterObjective:
             for c, name in enumerate(self.landmarks):
                 pred, true = box_from_mask(p[c], 0.5), box_from_mask(t[c], 0.5)
                 if name == HEAD:
-                    ious.append(iou(pred, true))
+                    as_row = lambda b: [b.x, b.y, b.w, b.h] if b is not None else [0, 0, 0, 0]  # noqa: E731
+                    ious.append(float(box_iou(np.array([as_row(pred)], float), np.array([as_row(true)], float))[0]))
                 elif true is not None:
                     err = self.miss_penalty if pred is None else float(np.hypot(pred.cx - true.cx, pred.cy - true.cy))
                     errors[name].append(err)
