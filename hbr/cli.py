@@ -64,10 +64,10 @@ def add_background_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_landmark_argument(parser: argparse.ArgumentParser) -> None:
     """Optional landmark names restricting stage 7 (default: all)."""
+    # no `choices`: argparse rejects an empty list against them; run() checks the names
     parser.add_argument(
         "landmarks",
         nargs="*",
-        choices=LANDMARKS,
         metavar="landmark",
         help=f"restrict to these landmarks ({', '.join(LANDMARKS)}); default all",
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hbr.errors import HbrError
+
 HEAD = "head"
 POINT_LANDMARKS = (
     "shoulder_left",
@@ -26,11 +28,11 @@ def mirrored(name: str) -> str:
 
 
 def check_landmarks(names) -> tuple[str, ...]:
-    """Return `names` as a tuple in canonical order; unknown names raise ValueError listing valid ones."""
+    """Return `names` as a tuple in canonical order; unknown names raise HbrError listing valid ones."""
     names = tuple(names)
     unknown = [n for n in names if n not in LANDMARKS]
     if unknown:
-        raise ValueError(f"unknown landmark(s) {', '.join(unknown)}; valid: {', '.join(LANDMARKS)}")
+        raise HbrError(f"unknown landmark(s) {', '.join(unknown)}; valid: {', '.join(LANDMARKS)}")
     return tuple(n for n in LANDMARKS if n in names)
 
 
