@@ -21,14 +21,14 @@ Runs the whole hbr pipeline: DICOM zips -> QC -> landmarks -> HBR phenotypes.
   --device DEV     auto, cpu, cuda or cuda:N (default: auto)
   --demo           generate the phantom data set into WORKDIR/phantom, train every model, run all
                    stages and print the accuracy against the phantom's ground truth
-  --demo-size N    participants in the demo phantom set (default: 100)
+  --demo-size N    participants in the demo phantom set (default: 120)
   --from N         start at stage N (1-8); earlier stages' outputs must exist
   --set KEY=VALUE  config override, repeatable (e.g. --set classifier.train.epochs=5)
   -h, --help       show this help
 EOF
 }
 
-INPUT="" WORKDIR="work" LABELS="" CONFIG="" MODELS="" DEVICE="auto" DEMO=0 DEMO_N=100 FROM=1
+INPUT="" WORKDIR="work" LABELS="" CONFIG="" MODELS="" DEVICE="auto" DEMO=0 DEMO_N=120 FROM=1
 SETS=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -383,7 +383,7 @@ def generate(out_dir: str | Path, n: int, seed: int = 0) -> PhantomSummary:
     return PhantomSummary(out, n, len(truth), counts)
 
 
-def preview(out_dir: str | Path, path: str | Path, n: int = 60, seed: int = 0) -> None:
+def preview(path: str | Path, n: int = 60, seed: int = 0) -> None:
     """A PNG grid of phantom images: bone, tissue, and one of each defect (for the README)."""
     examples: dict[str, np.ndarray] = {}
     wanted = ["bone", "tissue", "bad_crop", "bad_contrast", "bad_pose", "white", "oversize"]
@@ -433,7 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"labels -> {summary.out / 'labels'}; truth -> {summary.out / 'ground_truth.tsv'}; "
           f"bone images with defects: {summary.counts}")
     if args.preview:
-        preview(args.out, args.preview, seed=args.seed)
+        preview(args.preview, seed=args.seed)
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -112,7 +112,8 @@ class ClassifierObjective:
         return {"balanced_accuracy": bal_acc, "auc": auc, "score": bal_acc + 0.01 * np.nan_to_num(auc)}
 
 
-def _train_classifier(ctx: Context, task: ClassifierTask, label_path: Path, device) -> callable:
+def _train_classifier(ctx: Context, task: ClassifierTask, label_path: Path, device) -> Callable[[Path, str], None]:
+    """The training step of `obtain_model`: read the labels, train, save the checkpoint."""
     def train_into(path: Path, wanted_hash: str) -> None:
         c = ctx.cfg.classifier
         labels = read_class_labels(label_path, ctx.workdir / f"{TOTAL_BODY}_npy", c.train.min_images)

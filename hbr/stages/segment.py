@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -109,7 +110,8 @@ def _read_labels(folder: Path, workdir: Path, min_images: int):
     return items
 
 
-def _train_segmenter(ctx: Context, folder: Path, device):
+def _train_segmenter(ctx: Context, folder: Path, device) -> Callable[[Path, str], None]:
+    """The training step of `obtain_model`: read the LabelMe files, train, save the checkpoint."""
     def train_into(path: Path, wanted_hash: str) -> None:
         s = ctx.cfg.segmenter
         items = _read_labels(folder, ctx.workdir, s.train.min_images)
