@@ -99,9 +99,10 @@ for BAK in black white; do
   run_stage 8 "8_cal_segment_$BAK" 8_cal_segment.py "$BAK"
 done
 
-echo "== results: $WORKDIR/8_segment_result/hbr_table.tsv (one row per image)"
-echo "== report:  $WORKDIR/8_segment_result/report/index.html"
 if [ "$DEMO" = 1 ]; then
+  echo "== demo accuracy on the held-out phantom images (models trained on the 'train' split):"
   "$PY" -m hbr.evaluate --workdir "$WORKDIR" --truth "$WORKDIR/phantom/ground_truth.tsv" 2>&1 \
     | tee "$WORKDIR/logs/9_demo_accuracy.log"
 fi
+echo "== results: $WORKDIR/8_segment_result/hbr_table.tsv (one row per image)"
+echo "== report:  $WORKDIR/8_segment_result/report/index.html"
