@@ -3,18 +3,17 @@
 `python -m hbr.phantom --out DIR --n N --seed S` writes
 
     DIR/zips/{eid}_20158_2_0.zip   bone (InstanceNumber 12) and tissue (11) "Total Body"
-                                   images plus other protocols that stage 1 must skip
-    DIR/labels/                    label files in the formats of labels/README.md
+                                   images plus 1-3 other protocols that stage 1 must skip
+    DIR/labels/                    label files of SPEC section 4 (train split only)
     DIR/ground_truth.tsv           true QC classes, landmarks, head box and phenotypes
 
-Bodies are drawn from a few proportions (stature, head length and width, shoulder and
-hip width, trunk and leg length, position, slight rotation) so the phenotypes vary as
-in people. Every landmark sits exactly on the anatomy drawn for it: the head polygon
-is the skull outline, the shoulder, hip and ankle points are the centres of the humeral
-heads, femoral heads and tali. Some bone images carry one defect (cut off, abnormal
-contrast, tilted head); a share of participants are on a white background (intensities
-inverted), a few images are larger than the 960x384 canvas. Output is byte-identical
-for a given seed.
+Each body is drawn from a few proportions (stature, head length and width, shoulder,
+hip and ankle width, leg proportion, girth, position, slight rotation), so phenotypes
+vary as in people. The landmarks sit exactly on the anatomy drawn for them: the head
+polygon is the skull outline, the points are the centres of the humeral heads, femoral
+heads and tali. Left/right are the patient's: the left is on the image right (L\\F).
+Defects (bad crop, abnormal contrast, tilted head, oversize) and the white background
+are allocated in fixed, stratified shares; the same seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -23,8 +22,11 @@ import argparse
 import base64
 import io
 import json
+import math
+import re
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -39,261 +41,512 @@ from hbr.landmarks import LANDMARKS, POINT_LANDMARKS, Box
 from hbr.phenotypes import measure
 
 ROWS, COLS = 791, 272  # UK Biobank iDXA total body image
-SPACING = (658 / 272, 1920 / 791)  # mm per pixel (x, y) from ExposedArea 658 x 1920
-OVERSIZE = (1000, 400)
+EXPOSED_MM = (658, 1920)  # ExposedArea (width, height) of that image: ~2.42 mm per pixel
+MM_PER_PX = 2.42
+CANVAS = (960, 384)  # pipeline canvas; anything larger is "oversize"
+OVERSIZE_SHAPES = ((1000, 400), (1024, 416), (984, 392))
 WHITE = 252
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
-UID_ROOT = "1.2.826.0.1.3680043.10.1143"
-ZIP_TIME = (2018, 7, 19, 14, 13, 12)
-OTHER_PROTOCOLS = [("AP Spine", 18, (780, 716)), ("Left Femur", 5, (600, 680)), ("LVA", 7, (884, 404))]
-DEFECTS = ("bad_crop", "bad_contrast", "bad_pose")
-HEAD_VERTICES = 20
+GE_UID_ROOT = "1.2.840.113619.2.110.210419"  # GE Lunar root + device serial, as in the real files
+STUDY_UID_ROOT = "1.2.826.0.1.4978912.2154"
+OTHER_PROTOCOLS = {"AP Spine": 3, "Left Femur": 5, "Left Ortho Knee": 6, "LVA": 7, "Right Femur": 8}
+DEFECT_RATES = {"bad_crop": 0.09, "bad_contrast": 0.09, "bad_pose": 0.09, "oversize": 0.03}
+QC_DEFECTS = ("bad_crop", "bad_contrast", "bad_pose")
+WHITE_SHARE, TRAIN_SHARE = 0.25, 0.7
+ETHNIC = (("White", 0.88), ("Asian", 0.05), ("Black", 0.03), ("Mixed", 0.02), ("Chinese", 0.02))  # SH: <= 16 chars
+CENTRES = ("Cheadle", "Reading", "Newcastle", "Stockport")
+# one independent random stream per purpose, so changing one never shifts another
+STREAM = {name: k for k, name in enumerate(("plan", "body", "date", "noise", "names", "others", "labelme"))}
+SOFTWARE = ("16.20.059", "16.10.151", "16.0.149")
 
 
 @dataclass(frozen=True)
 class Body:
-    """One participant's body, in image pixels of the upright (unrotated) frame."""
+    """One participant's anatomy in millimetres (body frame: x to the image right, y down, vertex 0)."""
 
-    height_m: float
     sex: str
     age: int
-    weight: float
-    top: float  # vertex row
-    centre_x: float
-    stature_px: float  # vertex to sole
-    head_len: float
+    weight_kg: float
+    ethnic: str
+    height_m: float  # PatientSize as recorded (2 decimals)
+    stature_mm: float  # vertex to sole as drawn: height_m plus posture/measurement noise
+    head_len: float  # vertex to chin
     head_w: float
-    shoulder_w: float  # between the shoulder joint centres
+    shoulder_w: float  # between the humeral head centres
     hip_w: float  # between the femoral head centres
-    shoulder_frac: float  # shoulder joints below the vertex, fraction of stature
-    hip_frac: float
-    angle_deg: float  # whole-body rotation
-    head_tilt_deg: float  # non-zero only for a non-standard pose
+    ankle_w: float  # between the ankle centres
+    hip_frac: float  # femoral heads below the vertex, as a fraction of stature (leg proportion)
+    girth: float  # soft-tissue width factor from BMI
+    arm_deg: float  # arm abduction
+    head_roll_deg: float  # a few degrees; 20-35 for a non-standard pose
+    body_deg: float  # whole-body rotation in the image
 
 
 @dataclass(frozen=True)
 class Participant:
-    """Everything drawn for one zip: body, image size, background and defect."""
+    """One zip: its body, image size and placement, background, defect and split."""
 
+    seed: int
+    index: int
     eid: int
     body: Body
     rows: int
     cols: int
+    top_px: float  # vertex row before the whole-body rotation
+    centre_x_px: float
     white: bool
-    defect: Optional[str]
-    contrast_kind: int
+    defect: Optional[str]  # one of QC_DEFECTS, "oversize" or None
+    contrast_kind: str
     train: bool
+    study_time: datetime
+    protocols: tuple[str, ...]
+
+    @property
+    def spacing(self) -> tuple[float, float]:
+        """(x, y) mm per pixel, exactly as stage 1 derives it from ExposedArea."""
+        w, h = self.exposed_area
+        return w / self.cols, h / self.rows
+
+    @property
+    def exposed_area(self) -> tuple[int, int]:
+        """ExposedArea (width, height) in mm, consistent with the size at ~2.42 mm per pixel."""
+        return round(self.cols * EXPOSED_MM[0] / COLS), round(self.rows * EXPOSED_MM[1] / ROWS)
 
 
-def draw_participant(rng: np.random.Generator, eid: int) -> Participant:
-    """Random body proportions, framing, background and at most one defect."""
-    sex = "M" if rng.random() < 0.5 else "F"
-    height_m = float(np.clip(rng.normal(1.76 if sex == "M" else 1.63, 0.065), 1.50, 1.88))
-    stature_px = height_m * 1000 / SPACING[1] * rng.uniform(0.985, 1.015)  # posture, soft tissue at the sole
-    oversize = rng.random() < 0.04
-    rows, cols = OVERSIZE if oversize else (ROWS, COLS)
-    u = rng.random()
-    defect = None if u < 0.64 else DEFECTS[min(int((u - 0.64) / 0.12), 2)]
-    if oversize:
-        defect = None
-    head_len = stature_px * rng.uniform(0.118, 0.138)
-    margin = rows - stature_px
-    top = rng.uniform(4, max(margin - 4, 5))
-    if defect == "bad_crop":
-        if rng.random() < 0.5:
-            top = -rng.uniform(0.35, 0.8) * head_len  # head cut off
-        else:
-            top = rows - stature_px + rng.uniform(0.06, 0.12) * stature_px  # feet cut off
-    body = Body(
-        height_m=round(height_m, 2),
-        sex=sex,
-        age=int(rng.integers(45, 80)),
-        weight=float(round(rng.normal(80 if sex == "M" else 68, 11), 1)),
-        top=top,
-        centre_x=cols / 2 + rng.uniform(-10, 10),
-        stature_px=stature_px,
-        head_len=head_len,
-        head_w=head_len * rng.uniform(0.72, 0.84),
-        shoulder_w=stature_px * rng.uniform(0.195, 0.235),
-        hip_w=stature_px * rng.uniform(0.095, 0.115),
-        shoulder_frac=rng.uniform(0.175, 0.195),
-        hip_frac=rng.uniform(0.475, 0.51),
-        angle_deg=rng.uniform(-1.5, 1.5),
-        head_tilt_deg=float(rng.choice([-1, 1]) * rng.uniform(30, 45)) if defect == "bad_pose" else 0.0,
+# ---------------------------------------------------------------- planning the set
+def _share(count: int, rate: float) -> int:
+    return int(math.floor(count * rate + 0.5))  # round half up: 9 % of 6 is one image, not zero
+
+
+def plan_categories(n: int, seed: int) -> list[tuple[Optional[str], bool, bool]]:
+    """(defect, white, train) per participant, stratified so every class lands in both splits."""
+    rng = np.random.default_rng([seed, STREAM["plan"]])
+    defects: list[Optional[str]] = []
+    for name, rate in DEFECT_RATES.items():
+        defects += [name] * _share(n, rate)
+    defects += [None] * (n - len(defects))
+    defects = [defects[i] for i in rng.permutation(n)]
+    white, train = [False] * n, [False] * n
+    for category in (*DEFECT_RATES, None):
+        members = [i for i in range(n) if defects[i] == category]
+        whites = set(rng.permutation(members)[: _share(len(members), WHITE_SHARE)].tolist())
+        for bak in (True, False):
+            cell = [i for i in members if (i in whites) == bak]
+            for i in rng.permutation(cell)[: _share(len(cell), TRAIN_SHARE)].tolist():
+                train[i] = True
+            for i in cell:
+                white[i] = bak
+    return list(zip(defects, white, train))
+
+
+def draw_body(rng: np.random.Generator, defect: Optional[str]) -> Body:
+    """Random but plausible proportions; a tilted head only for the bad_pose defect."""
+    male = rng.random() < 0.5
+    # the scan field is 1920 mm: the tallest must still fit with their feet
+    height_m = round(float(np.clip(rng.normal(1.755 if male else 1.625, 0.065), 1.50, 1.88)), 2)
+    s = height_m * 1000 * (1 + float(np.clip(rng.normal(0, 0.008), -0.02, 0.02)))
+    bmi = float(np.clip(rng.normal(27, 4), 18, 40))
+    ref = 1755 if male else 1625
+    jitter = lambda sd: 1 + float(np.clip(rng.normal(0, sd), -2.5 * sd, 2.5 * sd))  # noqa: E731
+    roll = float(np.clip(rng.normal(0, 1.5), -4, 4))
+    if defect == "bad_pose":
+        roll = float(rng.choice([-1, 1]) * rng.uniform(20, 35))
+    return Body(
+        sex="M" if male else "F", age=int(rng.integers(45, 81)),
+        weight_kg=round(bmi * height_m**2, 1), ethnic=_pick(rng, ETHNIC), height_m=height_m, stature_mm=s,
+        head_len=(228 if male else 214) * (s / ref) ** 0.4 * jitter(0.04),
+        head_w=(152 if male else 145) * (s / ref) ** 0.2 * jitter(0.045),
+        shoulder_w=(0.203 if male else 0.192) * s * jitter(0.045),
+        hip_w=(0.093 if male else 0.100) * s * jitter(0.05),
+        ankle_w=0.092 * s * jitter(0.12),
+        hip_frac=0.465 * jitter(0.02), girth=0.85 + 0.3 * (bmi - 18) / 22,
+        arm_deg=float(rng.uniform(3, 9)), head_roll_deg=roll, body_deg=float(np.clip(rng.normal(0, 1), -2.5, 2.5)),
     )
-    return Participant(eid, body, rows, cols, bool(rng.random() < 0.3), defect, int(rng.integers(2)),
-                       bool(rng.random() < 0.7))
 
 
-def _rotate(points: np.ndarray, centre: tuple[float, float], degrees: float) -> np.ndarray:
-    t = np.deg2rad(degrees)
-    c, s = np.cos(t), np.sin(t)
-    d = points - centre
+def _pick(rng: np.random.Generator, weighted: Sequence[tuple[str, float]]) -> str:
+    names, weights = zip(*weighted)
+    return names[int(rng.choice(len(names), p=np.asarray(weights) / sum(weights)))]
+
+
+def make_participant(index: int, seed: int, defect: Optional[str], white: bool, train: bool) -> Participant:
+    """Body, framing and DICOM context of participant `index` (own random stream per participant)."""
+    rng = np.random.default_rng([seed, STREAM["body"], index])
+    b = draw_body(rng, defect)
+    rows, cols = OVERSIZE_SHAPES[int(rng.integers(len(OVERSIZE_SHAPES)))] if defect == "oversize" else (ROWS, COLS)
+    sy = EXPOSED_MM[1] / ROWS
+    extent_px = (0.96 + 0.045) * b.stature_mm / sy  # vertex to toes
+    top = rng.uniform(6, max(7.0, min(40.0, rows - extent_px - 6)))
+    if defect == "bad_crop" and rng.random() < 0.5:
+        top = -rng.uniform(0.3, 0.7) * b.head_len / sy  # vertex (and part of the skull) above the image
+    elif defect == "bad_crop":
+        top = rows + rng.uniform(-12, 20) - 0.96 * b.stature_mm / sy  # ankles at the bottom edge, feet cut
+    shift = float(np.clip(rng.normal(0, 4), -10, 10))
+    b = _fit_arms(b, (cols / 2 - 8 - abs(shift)) * EXPOSED_MM[0] / COLS)
+    first_day = int(np.random.default_rng([seed, STREAM["date"]]).integers(0, 1500))  # same for the whole set
+    base = datetime(2014, 5, 1, 8, 0) + timedelta(days=first_day)
+    names = list(OTHER_PROTOCOLS)
+    protocols = tuple(sorted((names[k] for k in rng.permutation(len(names))[: int(rng.integers(1, 4))]),
+                             key=OTHER_PROTOCOLS.get))
+    return Participant(seed=seed, index=index, eid=1000000 + index, body=b, rows=rows, cols=cols, top_px=float(top),
+                       centre_x_px=cols / 2 + shift, white=white, defect=defect,
+                       contrast_kind=str(rng.choice(["saturated", "washed_out", "dark"])), train=train,
+                       study_time=base + timedelta(minutes=37 * index + int(rng.integers(0, 20))), protocols=protocols)
+
+
+def _fit_arms(b: Body, half_width_mm: float) -> Body:
+    """Less abduction when the hands would leave the image sideways."""
+    s = b.stature_mm
+    reach = (0.17 + 0.145 + 0.05) * s
+    room = half_width_mm - b.shoulder_w / 2 - 0.03 * s
+    limit = math.degrees(math.asin(max(0.0, min(1.0, room / reach))))
+    return Body(**{**b.__dict__, "arm_deg": min(b.arm_deg, limit)})
+
+
+# ---------------------------------------------------------------- drawing
+def _rotate(points: np.ndarray, centre: Sequence[float], degrees: float) -> np.ndarray:
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    d = np.asarray(points, float) - centre
     return np.stack([centre[0] + c * d[:, 0] - s * d[:, 1], centre[1] + s * d[:, 0] + c * d[:, 1]], axis=1)
 
 
-def skeleton(b: Body) -> dict[str, np.ndarray]:
-    """Key points (x, y) of the upright body; the landmarks are among them."""
-    x0, y0, s = b.centre_x, b.top, b.stature_px
-    chin = y0 + b.head_len
-    sh_y, hip_y = y0 + b.shoulder_frac * s, y0 + b.hip_frac * s
-    knee_y, ankle_y = y0 + 0.72 * s, y0 + 0.955 * s
-    # patient's left on the image right (PatientOrientation L\F)
-    side = {"left": 1.0, "right": -1.0}
-    pts = {"head_centre": (x0, y0 + b.head_len / 2), "chin": (x0, chin), "neck": (x0, chin + 0.02 * s),
-           "pelvis": (x0, hip_y - 0.03 * s)}
-    for name, sign in side.items():
-        pts[f"shoulder_{name}"] = (x0 + sign * b.shoulder_w / 2, sh_y)
-        pts[f"elbow_{name}"] = (x0 + sign * (b.shoulder_w / 2 + 0.025 * s), sh_y + 0.19 * s)
-        pts[f"wrist_{name}"] = (x0 + sign * (b.shoulder_w / 2 + 0.035 * s), sh_y + 0.34 * s)
-        pts[f"hip_{name}"] = (x0 + sign * b.hip_w / 2, hip_y)
-        pts[f"knee_{name}"] = (x0 + sign * b.hip_w * 0.42, knee_y)
-        pts[f"ankle_{name}"] = (x0 + sign * b.hip_w * 0.45, ankle_y)
-        pts[f"toe_{name}"] = (x0 + sign * b.hip_w * 0.55, y0 + s)
-    return {k: np.asarray(v, float) for k, v in pts.items()}
+def _ellipse(centre, ax: float, ay: float, n: int = 24) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([centre[0] + ax * np.cos(t), centre[1] + ay * np.sin(t)], axis=1)
 
 
-def head_outline(b: Body, head_centre: np.ndarray) -> np.ndarray:
-    """Skull outline polygon (vertex to chin), tilted for a non-standard pose."""
-    t = np.linspace(0, 2 * np.pi, HEAD_VERTICES, endpoint=False)
-    poly = np.stack([head_centre[0] + b.head_w / 2 * np.sin(t), head_centre[1] - b.head_len / 2 * np.cos(t)], axis=1)
-    if b.head_tilt_deg:
-        chin = (head_centre[0], head_centre[1] + b.head_len / 2)
-        poly = _rotate(poly, chin, b.head_tilt_deg)
-    return poly
+def _band(a, b, width: float) -> np.ndarray:
+    """Quad of `width` around segment a-b: a bone shaft with an exact sub-pixel width."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = b - a
+    nrm = np.array([-d[1], d[0]]) / (np.hypot(*d) + 1e-9) * width / 2
+    return np.array([a + nrm, b + nrm, b - nrm, a - nrm])
 
 
-def _pt(p: np.ndarray) -> tuple[int, int]:
-    return int(round(p[0] * 16)), int(round(p[1] * 16))
+def skull_outline(length: float, width: float) -> np.ndarray:
+    """Head polygon, vertex (0, 0) to chin (0, length): cranial arc, tapering jaw, 21 vertices."""
+    equator = 0.42 * length
+    t = np.linspace(np.pi, 0, 11)  # left ear over the vertex (t = pi/2) to the right ear
+    arc = np.stack([width / 2 * np.cos(t), equator - equator * np.sin(t)], axis=1)
+    u = np.array([0.25, 0.5, 0.72, 0.9])
+    jaw = np.stack([width / 2 * (1 - 0.68 * u**1.6), equator + u * (length - equator)], axis=1)
+    chin = np.array([[0.17 * width, length], [-0.17 * width, length]])
+    left_jaw = jaw[::-1] * [-1, 1]
+    return np.concatenate([arc, jaw, chin, left_jaw])
 
 
-def _line(img, a, b, value, thickness):
-    cv2.line(img, _pt(a), _pt(b), float(value), int(thickness), cv2.LINE_AA, shift=4)
+class Painter:
+    """Draws body-frame (mm) shapes into float layers through one affine map to pixels."""
+
+    def __init__(self, shape: tuple[int, int], matrix: np.ndarray, head_pivot, head_roll: float):
+        self.matrix = matrix
+        self.head_pivot, self.head_roll = head_pivot, head_roll
+        self.layers = {k: np.zeros(shape, np.float32) for k in ("soft", "extra", "bone", "mask")}
+
+    def px(self, pts, head: bool = False) -> np.ndarray:
+        """Pixel coordinates of body-frame points; head parts first turn about the neck."""
+        pts = np.atleast_2d(np.asarray(pts, float))
+        if head and self.head_roll:
+            pts = _rotate(pts, self.head_pivot, self.head_roll)
+        return pts @ self.matrix[:, :2].T + self.matrix[:, 2]
+
+    def fill(self, layer: str, pts, value: float, head: bool = False) -> None:
+        """Filled polygon (overwrites: later shapes lie on top)."""
+        poly = np.round(self.px(pts, head) * 16).astype(np.int32)
+        cv2.fillPoly(self.layers[layer], [poly], float(value), cv2.LINE_8, shift=4)
+
+    def line(self, layer: str, pts, value: float, width_mm: float, head: bool = False) -> None:
+        """Open polyline of roughly `width_mm` (whole pixels; for thin bones such as ribs)."""
+        poly = np.round(self.px(pts, head) * 16).astype(np.int32)
+        width = max(1, int(round(width_mm / MM_PER_PX)))
+        cv2.polylines(self.layers[layer], [poly], False, float(value), width, cv2.LINE_8, shift=4)
+
+    def shaft(self, a, b, width: float, cortex: float, marrow: float) -> None:
+        """Long bone: bright cortex with a darker medullary canal."""
+        self.fill("bone", _band(a, b, width), cortex)
+        self.fill("bone", _band(a, b, 0.45 * width), marrow)
+
+    def body_part(self, pts, thickness: float, head: bool = False) -> None:
+        """Soft tissue: thickness drives both images; the mask marks non-background pixels."""
+        self.fill("soft", pts, thickness, head)
+        self.fill("mask", pts, 1.0, head)
 
 
-def _disc(img, c, r, value):
-    cv2.circle(img, _pt(c), int(round(r * 16)), float(value), -1, cv2.LINE_AA, shift=4)
+def _image_matrix(p: Participant) -> np.ndarray:
+    """mm body frame -> pixels: scale by the spacing, rotate about mid-body, place."""
+    b, (sx, sy) = p.body, p.spacing
+    t = math.radians(b.body_deg)
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]) @ np.diag([1 / sx, 1 / sy])
+    mid_px = np.array([p.centre_x_px, p.top_px + b.stature_mm / 2 / sy])
+    return np.hstack([rot, (mid_px - rot @ [0, b.stature_mm / 2])[:, None]])
 
 
-def render(b: Body, rows: int, cols: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Bone and tissue images (float, black background) and the landmarks in image pixels."""
-    k = skeleton(b)
-    s = b.stature_px
-    bone = np.zeros((rows, cols), np.float32)
-    soft = np.zeros((rows, cols), np.float32)
-    head = head_outline(b, k["head_centre"])
-    # soft-tissue envelope: limbs and trunk as thick lines, the head as its outline
-    limb = [("shoulder", "elbow", 0.05), ("elbow", "wrist", 0.04), ("hip", "knee", 0.085), ("knee", "ankle", 0.055)]
+def key_points(b: Body) -> dict[str, np.ndarray]:
+    """Joint centres in the body frame (mm); '+x' is the patient's left (image right)."""
+    s = b.stature_mm
+    ys, yh, ya = b.head_len + 0.045 * s, b.hip_frac * s, 0.96 * s
+    yk = yh + 0.53 * (ya - yh)
+    k = {}
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        sh = np.array([sign * b.shoulder_w / 2, ys])
+        arm = math.radians(b.arm_deg)
+        elbow = sh + [sign * math.sin(arm) * 0.17 * s, math.cos(arm) * 0.17 * s]
+        wrist = elbow + [sign * math.sin(arm * 1.2) * 0.145 * s, math.cos(arm * 1.2) * 0.145 * s]
+        hip, ankle = np.array([sign * b.hip_w / 2, yh]), np.array([sign * b.ankle_w / 2, ya])
+        knee = np.array([sign * (0.5 * (abs(hip[0]) + abs(ankle[0])) - 0.004 * s), yk])
+        k.update({f"shoulder_{side}": sh, f"elbow_{side}": elbow, f"wrist_{side}": wrist,
+                  f"hip_{side}": hip, f"knee_{side}": knee, f"ankle_{side}": ankle})
+    return k
+
+
+def _draw_envelope(pt: Painter, b: Body, k: dict, skull: np.ndarray) -> None:
+    s, g = b.stature_mm, b.girth
+    L, xs, ys, yh = b.head_len, b.shoulder_w / 2, k["shoulder_left"][1], k["hip_left"][1]
+    xh, xa, ya = k["hip_left"][0], k["ankle_left"][0], k["ankle_left"][1]
+    xk, yk = k["knee_left"]
+    yc, xc = yk + 0.12 * s, xk + 0.45 * (xa - xk)
+    half = [(0.034 * s * g**0.5, L - 0.01 * s), (0.04 * s * g**0.5, ys - 0.035 * s), (xs + 0.012 * s, ys - 0.03 * s),
+            (xs + 0.03 * s, ys + 0.01 * s), (0.085 * s * g, ys + 0.09 * s), (0.08 * s * g, yh - 0.13 * s),
+            (xh + 0.065 * s * g, yh - 0.02 * s), (xh + 0.058 * s * g, yh + 0.08 * s), (xk + 0.035 * s, yk),
+            (xc + 0.034 * s * g**0.5, yc), (xa + 0.02 * s, ya - 0.015 * s), (xa + 0.025 * s, ya + 0.02 * s),
+            (xa + 0.012 * s, ya + 0.045 * s), (xa - 0.012 * s, ya + 0.043 * s), (xa - 0.018 * s, ya - 0.005 * s),
+            (xc - 0.028 * s * g**0.5, yc), (xk - 0.03 * s, yk), (max(0.004 * s, xh - 0.05 * s * g), yh + 0.1 * s)]
+    half = np.array(half)
+    outline = np.concatenate([half, [(0, yh + 0.07 * s)], half[::-1] * [-1, 1]])
+    pt.body_part(outline, 1.0)
+    trunk = np.concatenate([half[2:7], half[6:1:-1] * [-1, 1]])
+    pt.fill("soft", trunk, 1.3)  # the trunk is thicker than the limbs
+    shin = half[[8, 9, 10, 14, 15, 16]]
+    for mirror in (1, -1):
+        pt.fill("soft", shin * [mirror, 1], 0.85)
     for side in ("left", "right"):
-        for a, c, w in limb:
-            _line(soft, k[f"{a}_{side}"], k[f"{c}_{side}"], 1.0, w * s)
-        _line(soft, k[f"ankle_{side}"], k[f"toe_{side}"], 1.0, 0.03 * s)
-    trunk = np.array([k["shoulder_left"] + [0.02 * s, -0.01 * s], k["shoulder_right"] + [-0.02 * s, -0.01 * s],
-                      k["hip_right"] + [-0.05 * s, 0.04 * s], k["hip_left"] + [0.05 * s, 0.04 * s]])
-    cv2.fillPoly(soft, [np.round(trunk * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-    _line(soft, k["chin"], k["neck"] + [0, 0.03 * s], 1.0, 0.06 * s)
-    cv2.fillPoly(soft, [np.round(head * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-    # skeleton
-    cv2.fillPoly(bone, [np.round(head * 16).astype(np.int32)], 200.0, cv2.LINE_AA, shift=4)
-    inner = head_outline(Body(**{**b.__dict__, "head_len": b.head_len * 0.8, "head_w": b.head_w * 0.78}), k["head_centre"])
-    cv2.fillPoly(bone, [np.round(inner * 16).astype(np.int32)], 130.0, cv2.LINE_AA, shift=4)
-    n_vert = 24
-    spine_top, spine_bottom = k["neck"], k["pelvis"]
-    for i in range(n_vert):
-        c = spine_top + (spine_bottom - spine_top) * (i + 0.5) / n_vert
-        size = 0.012 * s * (1 + i / n_vert)
-        cv2.rectangle(bone, _pt(c - [size, 0.006 * s]), _pt(c + [size, 0.006 * s]), 150.0, -1, cv2.LINE_AA, shift=4)
-    rib_top, rib_bottom = k["shoulder_left"][1] + 0.01 * s, k["hip_left"][1] - 0.13 * s
-    for i in range(10):
-        y = rib_top + (rib_bottom - rib_top) * i / 9
-        half = b.shoulder_w * (0.36 + 0.06 * np.sin(np.pi * i / 9))
-        cv2.ellipse(bone, _pt(np.array([b.centre_x, y])), (int(half * 16), int(0.03 * s * 16)), 0, 10, 170, 80.0, 3,
-                    cv2.LINE_AA, shift=4)
-    for side in ("left", "right"):
+        sh, el, wr = k[f"shoulder_{side}"], k[f"elbow_{side}"], k[f"wrist_{side}"]
+        pt.body_part(_band(sh, el, 0.058 * s * g), 1.05)
+        pt.body_part(_ellipse(sh + [0, 0.01 * s], 0.03 * s * g, 0.035 * s), 1.05)
+        pt.body_part(_ellipse(el, 0.025 * s * g, 0.02 * s), 1.0)
+        pt.body_part(_band(el, wr + (wr - el) * 0.05, 0.043 * s * g**0.5), 0.95)
+        pt.body_part(_ellipse(wr + (wr - el) * 0.38, 0.022 * s, 0.052 * s), 0.85)
         sign = 1 if side == "left" else -1
-        _line(bone, k["neck"] + [0, 0.03 * s], k[f"shoulder_{side}"] - [sign * 0.012 * s, 0.008 * s], 150, 0.012 * s)
-        _line(bone, k[f"shoulder_{side}"], k[f"elbow_{side}"], 160, 0.018 * s)
-        _line(bone, k[f"elbow_{side}"], k[f"wrist_{side}"], 140, 0.014 * s)
-        _disc(bone, k[f"shoulder_{side}"], 0.016 * s, 215)
-        iliac = k[f"hip_{side}"] + [sign * 0.02 * s, -0.055 * s]
-        cv2.ellipse(bone, _pt(iliac), (int(0.045 * s * 16), int(0.035 * s * 16)), 0, 0, 360, 120.0, -1, cv2.LINE_AA, shift=4)
-        _line(bone, k[f"hip_{side}"], k[f"knee_{side}"], 170, 0.022 * s)
-        _disc(bone, k[f"hip_{side}"], 0.014 * s, 225)
-        _disc(bone, k[f"knee_{side}"], 0.02 * s, 185)
-        _line(bone, k[f"knee_{side}"], k[f"ankle_{side}"], 165, 0.018 * s)
-        _disc(bone, k[f"ankle_{side}"], 0.011 * s, 230)
-        _line(bone, k[f"ankle_{side}"], k[f"toe_{side}"], 150, 0.016 * s)
-    landmarks = {"head": head, **{n: k[n][None, :] for n in POINT_LANDMARKS}}
-    # whole-body rotation about the image centre, the same for pixels and landmarks
-    centre = ((cols - 1) / 2, (rows - 1) / 2)
-    matrix = cv2.getRotationMatrix2D(centre, -b.angle_deg, 1.0)
-    warp = lambda im: cv2.warpAffine(im, matrix, (cols, rows), flags=cv2.INTER_LINEAR)  # noqa: E731
-    bone, soft = warp(bone), warp(soft)
-    landmarks = {n: p @ matrix[:, :2].T + matrix[:, 2] for n, p in landmarks.items()}
-    soft = cv2.GaussianBlur(soft, (0, 0), 2.0)
-    body = soft > 0.02
-    noise = rng.normal(0, 5, (rows, cols)).astype(np.float32)
-    bone_img = np.where(body, 28 * soft + bone + noise, 0)
-    tissue_img = np.where(body, 120 * soft + 0.15 * bone + 25 * soft * (1 + np.sin(np.arange(rows) / 40))[:, None]
-                          + noise, 0)
-    return bone_img, tissue_img, landmarks
+        pt.fill("extra", _ellipse((sign * 0.052 * s, ys + 0.1 * s), 0.043 * s, 0.09 * s), -55)  # lung
+    pt.fill("extra", _ellipse((0, yh - 0.08 * s), 0.07 * s * g, 0.07 * s), 18)  # abdomen
+    head_centre = (0, 0.45 * L)
+    pt.body_part(head_centre + (skull - head_centre) * 1.08, 0.8, head=True)
 
 
-def finish(image: np.ndarray, white: bool, contrast: Optional[int] = None) -> np.ndarray:
-    """Clip to 0..252 uint8, apply an abnormal contrast, invert for a white background."""
-    out = np.clip(image, 0, WHITE)
-    body = out > 0
-    if contrast == 0:
-        out = np.where(body, np.clip(out * 3.2, 0, WHITE), 0)  # saturated: bones burnt out
-    elif contrast == 1:
-        out = np.where(body, 45 + out * 0.4, 0)  # washed out: little dynamic range
-    out = np.round(out).astype(np.uint8)
+def _draw_head(pt: Painter, b: Body, skull: np.ndarray) -> None:
+    L, W = b.head_len, b.head_w
+    pt.fill("bone", skull, 170, head=True)
+    pt.line("bone", skull[:11], 200, 7, head=True)  # dense cranial vault
+    for sign in (-1, 1):
+        pt.fill("bone", _ellipse((sign * 0.23 * W, 0.48 * L), 0.13 * W, 0.075 * L), 85, head=True)  # orbit
+    pt.fill("bone", [(-0.07 * W, 0.68 * L), (0.07 * W, 0.68 * L), (0, 0.55 * L)], 80, head=True)  # nasal aperture
+    pt.fill("bone", _ellipse((0, 0.79 * L), 0.26 * W, 0.055 * L), 185, head=True)  # teeth
+    pt.line("bone", 0.93 * skull[10:18] + [0, 0.06 * L], 175, 8, head=True)  # mandible
+
+
+def _draw_axial(pt: Painter, b: Body, k: dict) -> None:
+    s, L = b.stature_mm, b.head_len
+    ys, yh = k["shoulder_left"][1], k["hip_left"][1]
+    levels = [(7, 0.86 * L, ys - 0.01 * s, 0.022), (12, ys - 0.01 * s, yh - 0.19 * s, 0.027),
+              (5, yh - 0.19 * s, yh - 0.075 * s, 0.036)]
+    for count, top, bottom, width in levels:  # cervical, thoracic, lumbar vertebrae
+        step = (bottom - top) / count
+        for i in range(count):
+            y = top + step * (i + 0.5)
+            w = width * s * (0.85 + 0.3 * i / count)
+            pt.fill("bone", _ellipse((0, y), w / 2, step * 0.38, n=12), 115)
+            pt.fill("bone", _ellipse((0, y), 0.006 * s, step * 0.2, n=8), 150)  # spinous process
+    rib_top, rib_step = ys - 0.01 * s, (yh - 0.21 * s - ys) / 11
+    for i in range(12):
+        y = rib_top + i * rib_step
+        reach = (0.045 + 0.05 * math.sin(math.pi * min(i, 7) / 14)) * s
+        for sign in (-1, 1):
+            rib = [(sign * 0.012 * s, y), (sign * 0.6 * reach, y - 0.004 * s), (sign * reach, y + 0.02 * s),
+                   (sign * reach * 0.96, y + 0.055 * s), (sign * reach * 0.7, y + 0.08 * s)]
+            pt.line("bone", rib, 62, 4)
+    for sign in (-1, 1):
+        xs = abs(k["shoulder_left"][0])
+        clavicle = [(sign * 0.014 * s, ys - 0.032 * s), (sign * 0.5 * xs, ys - 0.04 * s),
+                    (sign * 0.92 * xs, ys - 0.028 * s)]
+        pt.line("bone", clavicle, 125, 11)
+        pt.fill("bone", [(sign * 0.95 * xs, ys - 0.02 * s), (sign * 0.5 * xs, ys + 0.005 * s),
+                         (sign * 0.72 * xs, ys + 0.1 * s)], 30)  # scapula
+
+
+def _draw_limbs(pt: Painter, b: Body, k: dict) -> None:
+    s = b.stature_mm
+    yh = k["hip_left"][1]
+    pt.fill("bone", [(-0.035 * s, yh - 0.085 * s), (0.035 * s, yh - 0.085 * s), (0, yh + 0.02 * s)], 95)  # sacrum
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        sh, el, wr = k[f"shoulder_{side}"], k[f"elbow_{side}"], k[f"wrist_{side}"]
+        hip, knee, ankle = k[f"hip_{side}"], k[f"knee_{side}"], k[f"ankle_{side}"]
+        xh = abs(hip[0])
+        ilium = np.array([(0.03, -0.09), (xh / s + 0.02, -0.13), (xh / s + 0.05, -0.112), (xh / s + 0.058, -0.085),
+                          (xh / s + 0.04, -0.045), (xh / s + 0.018, -0.016), (xh / s - 0.01, -0.014),
+                          (0.03, -0.045)]) * s
+        ilium = ilium * [sign, 1] + [0, yh]
+        pt.fill("bone", ilium, 42)
+        pt.line("bone", ilium[:5], 105, 6)  # iliac crest
+        pt.line("bone", ilium[5:], 95, 5)  # pelvic brim
+        pt.line("bone", _ellipse((sign * (xh - 0.03 * s), yh + 0.04 * s), 0.02 * s, 0.018 * s, n=16)[[*range(16), 0]],
+                95, 6)  # pubic ring around the obturator foramen
+        trochanter = hip + [sign * 0.035 * s, 0.018 * s]
+        pt.fill("bone", _band(hip, trochanter, 0.02 * s), 125)  # femoral neck
+        pt.shaft(trochanter - [sign * 0.006 * s, 0], knee - [0, 0.01 * s], 0.016 * s, 140, 105)
+        pt.fill("bone", _ellipse(knee - [0, 0.008 * s], 0.027 * s, 0.016 * s), 125)  # condyles
+        pt.fill("bone", _ellipse(knee + [0, 0.024 * s], 0.026 * s, 0.011 * s), 118)  # tibial plateau
+        pt.fill("bone", _ellipse(knee - [0, 0.01 * s], 0.012 * s, 0.014 * s), 140)  # patella
+        pt.line("bone", [knee + [sign * 0.022 * s, 0.03 * s], ankle + [sign * 0.019 * s, -0.004 * s]], 92, 8)  # fibula
+        pt.shaft(knee + [0, 0.03 * s], ankle - [0, 0.02 * s], 0.013 * s, 135, 100)  # tibia
+        pt.fill("bone", _ellipse(ankle + [sign * 0.004 * s, 0.02 * s], 0.016 * s, 0.015 * s), 105)  # hind foot
+        for toe in np.linspace(-0.012, 0.016, 5):
+            pt.line("bone", [ankle + [sign * 0.004 * s, 0.025 * s], ankle + [sign * toe * s, 0.043 * s]], 95, 4)
+        pt.fill("bone", _ellipse(ankle - [0, 0.016 * s], 0.015 * s, 0.009 * s), 150)  # distal tibia
+        pt.fill("bone", _ellipse(ankle, 0.013 * s, 0.0095 * s), 165)  # talus: the ankle landmark
+        pt.fill("bone", _ellipse(hip, 0.0125 * s, 0.0125 * s), 160)  # femoral head: the hip landmark
+        pt.line("bone", _ellipse(hip, 0.0145 * s, 0.0145 * s, n=24)[8:21], 150, 5)  # acetabular roof
+        # arm: humerus, radius and ulna, hand
+        pt.line("bone", _ellipse(sh, 0.013 * s, 0.013 * s)[[*range(24), 0]], 165, 3)
+        pt.shaft(sh, el + (el - sh) * 0.04, 0.0095 * s, 130, 100)
+        pt.fill("bone", _ellipse(el, 0.014 * s, 0.009 * s), 130)
+        across = np.array([-(wr - el)[1], (wr - el)[0]]) / np.hypot(*(wr - el)) * 0.0055 * s
+        for offset in (across, -across):
+            pt.line("bone", [el + offset, wr + offset * 1.3], 108, 8)
+        pt.fill("bone", _ellipse(wr + (wr - el) * 0.12, 0.014 * s, 0.012 * s), 90)  # carpals
+        for finger in np.linspace(-0.011, 0.011, 4):
+            tip = wr + (wr - el) * 0.62 + [finger * s, 0]
+            pt.line("bone", [wr + (wr - el) * 0.2 + [finger * s * 0.5, 0], tip], 80, 4)
+        pt.fill("bone", _ellipse(sh, 0.0125 * s, 0.0125 * s), 145)  # humeral head: the shoulder landmark
+
+
+def render(p: Participant) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Bone and tissue images (float, black background), body mask and landmarks in pixels."""
+    b = p.body
+    skull = skull_outline(b.head_len, b.head_w)
+    pt = Painter((p.rows, p.cols), _image_matrix(p), (0.0, 0.9 * b.head_len), b.head_roll_deg)
+    k = key_points(b)
+    _draw_envelope(pt, b, k, skull)
+    _draw_axial(pt, b, k)
+    _draw_limbs(pt, b, k)
+    _draw_head(pt, b, skull)
+    landmarks = {"head": pt.px(skull, head=True), **{n: pt.px(k[n]) for n in POINT_LANDMARKS}}
+    rng = np.random.default_rng([p.seed, STREAM["noise"], p.index])
+    lay = pt.layers
+    # thickness varies smoothly inside the body (normalised wide blur) but the skin edge stays sharp
+    wide = cv2.GaussianBlur(lay["mask"], (0, 0), 9.0) + 1e-6
+    soft = cv2.GaussianBlur(lay["mask"], (0, 0), 1.5) * cv2.GaussianBlur(lay["soft"], (0, 0), 9.0) / wide
+    extra = cv2.GaussianBlur(lay["extra"], (0, 0), 6.0)
+    mottle = cv2.GaussianBlur(rng.standard_normal(soft.shape, np.float32), (0, 0), 2.0)
+    bone = cv2.GaussianBlur(lay["bone"], (0, 0), 0.8) * (1 + 0.3 * mottle)  # trabecular mottle
+    texture = cv2.GaussianBlur(rng.standard_normal(soft.shape, np.float32), (0, 0), 4.0) * 25
+    grain = rng.standard_normal((2, *soft.shape), np.float32)
+    mask = lay["mask"] > 0.5
+    bone_img = 72 * soft + bone + texture + 5 * grain[0]
+    tissue_img = 142 * soft + extra * (soft > 0.5) + 0.12 * bone + texture + 4 * grain[1]
+    return bone_img, tissue_img, mask, landmarks
+
+
+def finish(image: np.ndarray, mask: np.ndarray, white: bool, contrast: Optional[str] = None) -> np.ndarray:
+    """uint8 0..252 with an exactly black background; abnormal contrast; inverted on white."""
+    body = np.clip(image, 1, WHITE)
+    if contrast == "saturated":
+        body = np.clip(body * 2.6, 1, WHITE)  # burnt out: most of the body at full white
+    elif contrast == "washed_out":
+        body = 95 + body * 0.3  # little dynamic range, grey soft tissue
+    elif contrast == "dark":
+        body = 1 + body * 0.3  # bones barely brighter than soft tissue
+    out = np.where(mask, np.round(body), 0).astype(np.uint8)
     return (WHITE - out).astype(np.uint8) if white else out
 
 
-def dicom_bytes(pixels: np.ndarray, p: Participant, instance: int, protocol: str, seed: int) -> bytes:
-    """An 8-bit MONOCHROME2 CR DICOM with UK-Biobank-like tags, Implicit VR Little Endian."""
-    uid = f"{UID_ROOT}.{seed}.{p.eid}.{instance}"
+def other_protocol_image(protocol: str, rng: np.random.Generator) -> np.ndarray:
+    """A small regional scan (spine or a long bone) that stage 1 must skip unread."""
+    rows, cols = int(rng.integers(100, 140)) * 2, int(rng.integers(80, 120)) * 2
+    img = np.zeros((rows, cols), np.float32)
+    if "Spine" in protocol or protocol == "LVA":
+        for y in np.linspace(0.1, 0.9, 6) * rows:
+            cv2.ellipse(img, (cols // 2, int(y)), (cols // 6, rows // 16), 0, 0, 360, 170.0, -1)
+    else:
+        cv2.line(img, (cols // 2, rows // 5), (cols // 2, rows), 150.0, cols // 8)
+        cv2.circle(img, (cols // 2 + cols // 8, rows // 5), cols // 9, 190.0, -1)
+    img = cv2.GaussianBlur(img, (0, 0), 3) + rng.normal(0, 4, img.shape) * (img > 1)
+    return np.clip(img, 0, WHITE).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- files
+def _uid_time(p: Participant, instance: int) -> datetime:
+    return p.study_time + timedelta(seconds=40 * instance)
+
+
+def dicom_bytes(pixels: np.ndarray, p: Participant, instance: int, protocol: str) -> bytes:
+    """An 8-bit MONOCHROME2 CR file with UK-Biobank-like tags, Implicit VR Little Endian."""
+    acquired = _uid_time(p, instance)
+    uid = f"{GE_UID_ROOT}.{acquired:%Y%m%d%H%M%S}.1.{instance}.12.1"
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = uid
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CR_SOP_CLASS, uid
     meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    meta.ImplementationClassUID = f"{UID_ROOT}.1"
+    meta.ImplementationClassUID, meta.ImplementationVersionName = "1.2.276.0.7230010.3.0.3.6.0", "OFFIS_DCMBP_360"
+    meta.SourceApplicationEntityTitle = "GELUNAR"
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
-    b = p.body
-    rows, cols = pixels.shape
+    b, rng = p.body, np.random.default_rng([p.seed, STREAM["names"], p.index])
+    pseudonym = lambda: " ".join("".join(rng.choice(list("ABCDEFGHJKLMNPRSTUVWXYZ0123456789"), 2))  # noqa: E731
+                                 for _ in range(4))
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID, ds.SOPInstanceUID = CR_SOP_CLASS, uid
-    ds.StudyDate = ds.AcquisitionDate = "20180719"
-    ds.Modality, ds.Manufacturer, ds.InstitutionName = "CR", "GE Healthcare", "UK Biobank"
+    ds.StudyDate = ds.AcquisitionDate = f"{p.study_time:%Y%m%d}"
+    ds.StudyTime, ds.AcquisitionTime = f"{p.study_time:%H%M%S}", f"{acquired:%H%M%S}"
+    ds.AccessionNumber, ds.Modality, ds.Manufacturer = "", "CR", "GE Healthcare"
+    ds.InstitutionName, ds.StationName = "UK Biobank", "UKB007906"
+    ds.StudyDescription, ds.SeriesDescription = "DXA Exam", "DXA Images"
+    ds.InstitutionalDepartmentName = CENTRES[p.eid % len(CENTRES)]
     ds.ManufacturerModelName = "Lunar iDXA"
-    ds.PatientName, ds.PatientID = "Phantom^Demo", str(p.eid)
+    ds.PatientName, ds.PatientID = f"{pseudonym()}^Bio", pseudonym()
+    ds.PatientBirthDate = f"{p.study_time.year - b.age}0101"
     ds.PatientSex, ds.PatientAge = b.sex, f"{b.age:03d}Y"
-    ds.PatientSize, ds.PatientWeight, ds.EthnicGroup = f"{b.height_m:.2f}", f"{b.weight:.2f}", "White"
-    ds.DeviceSerialNumber, ds.SoftwareVersions = "210419", "16.20.059"
-    ds.ProtocolName = protocol
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = f"{UID_ROOT}.{seed}.{p.eid}", f"{UID_ROOT}.{seed}.{p.eid}.0"
-    ds.SeriesNumber, ds.InstanceNumber = 1, instance
-    ds.PatientOrientation = ["L", "F"]
+    ds.PatientSize, ds.PatientWeight, ds.EthnicGroup = f"{b.height_m:.2f}", f"{b.weight_kg:.2f}", b.ethnic
+    ds.BodyPartExamined, ds.DeviceSerialNumber = "", "210419"
+    ds.SoftwareVersions = SOFTWARE[p.eid % len(SOFTWARE)]
+    ds.ProtocolName, ds.ViewPosition = protocol, ""
+    ds.StudyInstanceUID = f"{STUDY_UID_ROOT}.{p.study_time:%Y%m%d%H%M%S}"
+    ds.SeriesInstanceUID = f"{GE_UID_ROOT}.{p.study_time:%Y%m%d%H%M%S}.1"
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "NONE", 1, instance
+    ds.PatientOrientation, ds.Laterality = ["L", "F"], ""
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = rows, cols
+    ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.ExposedArea = [int(round(cols * SPACING[0])), int(round(rows * SPACING[1]))]
+    ds.PerformedProcedureStepDescription = protocol
+    ds.ExposedArea = list(p.exposed_area) if protocol == "Total Body" else [
+        round(pixels.shape[1] * 0.6), round(pixels.shape[0] * 0.6)]
     ds.PixelData = pixels.tobytes()
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
+def zip_bytes(p: Participant, bone: np.ndarray, tissue: np.ndarray) -> bytes:
+    """The participant's zip: Total Body 12 and 11 and the other protocols, fixed timestamps."""
+    rng = np.random.default_rng([p.seed, STREAM["others"], p.index])
+    members = [(12, "Total Body", bone), (11, "Total Body", tissue)]
+    members += [(OTHER_PROTOCOLS[name], name, other_protocol_image(name, rng)) for name in p.protocols]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for instance, protocol, pixels in sorted(members):
+            stamp = _uid_time(p, instance)
+            info = zipfile.ZipInfo(f"{GE_UID_ROOT}.{stamp:%Y%m%d%H%M%S}.1.{instance}.12.1.dcm", stamp.timetuple()[:6])
+            info.compress_type, info.create_system, info.external_attr = zipfile.ZIP_DEFLATED, 3, 0o644 << 16
+            zf.writestr(info, dicom_bytes(pixels, p, instance, protocol))
+    return buffer.getvalue()
+
+
 def labelme_json(image_id: str, image: np.ndarray, landmarks: dict, rng: np.random.Generator) -> str:
-    """A LabelMe 5 file with embedded imageData; shapes in random order."""
+    """LabelMe 5.4.1 file as the program writes it (imageData embedded), shapes in random order."""
     shapes = [{"label": n, "points": np.round(landmarks[n], 2).tolist(), "group_id": None, "description": "",
                "shape_type": "polygon" if n == "head" else "point", "flags": {}, "mask": None} for n in LANDMARKS]
-    order = rng.permutation(len(shapes))
-    data = {"version": "5.4.1", "flags": {}, "shapes": [shapes[i] for i in order],
-            "imagePath": f"{image_id}.png", "imageData": base64.b64encode(encode_png(image)).decode(),
+    data = {"version": "5.4.1", "flags": {}, "shapes": [shapes[i] for i in rng.permutation(len(shapes))],
+            "imagePath": f"{image_id}.png", "imageData": base64.b64encode(encode_png(image)).decode("ascii"),
             "imageHeight": int(image.shape[0]), "imageWidth": int(image.shape[1])}
-    return json.dumps(data, indent=2)
+    return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def geometry(landmarks: dict) -> dict[str, Box]:
@@ -301,29 +554,30 @@ def geometry(landmarks: dict) -> dict[str, Box]:
     out = {}
     for name, pts in landmarks.items():
         (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
-        out[name] = Box(x0, y0, x1 - x0, y1 - y0, (x0 + x1) / 2, (y0 + y1) / 2)
+        out[name] = Box(float(x0), float(y0), float(x1 - x0), float(y1 - y0), float(x0 + x1) / 2, float(y0 + y1) / 2)
     return out
 
 
 def truth_row(image_id: str, p: Participant, kind: str, landmarks: dict) -> dict:
-    """One ground-truth row: classes, geometry and the true phenotypes."""
-    g = geometry(landmarks)
-    bak = "white" if p.white else "black"
-    row = {"Image": image_id, "eid": p.eid, "InstanceNumber": 12 if kind == "bone" else 11, "kind": kind,
-           "split": "train" if p.train else "test", "background": bak, "is_bone": int(kind == "bone"),
-           **{d: int(kind == "bone" and p.defect == d) for d in DEFECTS},
-           "oversize": int((p.rows, p.cols) == OVERSIZE), "Rows": p.rows, "Columns": p.cols,
-           "height_m": p.body.height_m, "spacing_mm_x": SPACING[0], "spacing_mm_y": SPACING[1]}
+    """One ground-truth row: classes, geometry and the true phenotypes (tissue: same body)."""
+    g, bone = geometry(landmarks), kind == "bone"
+    row = {"Image": image_id, "eid": p.eid, "InstanceNumber": 12 if bone else 11, "kind": kind,
+           "split": "train" if p.train else "test", "background": "white" if p.white else "black",
+           "is_bone": int(bone), "bad_crop": int(p.defect == "bad_crop"),  # framing is shared by both images
+           "bad_contrast": int(bone and p.defect == "bad_contrast"),  # only the bone image is mis-windowed
+           "bad_pose": int(p.defect == "bad_pose"), "oversize": int(p.defect == "oversize"),
+           "Rows": p.rows, "Columns": p.cols, "height_m": p.body.height_m,
+           "spacing_mm_x": p.spacing[0], "spacing_mm_y": p.spacing[1]}
     head = g["head"]
     row.update(head_x=head.x, head_y=head.y, head_w=head.w, head_h=head.h, head_cx=head.cx, head_cy=head.cy)
     for n in POINT_LANDMARKS:
         row[f"{n}_cx"], row[f"{n}_cy"] = g[n].cx, g[n].cy
-    row.update(measure(g, p.body.height_m, SPACING))
+    row.update(measure(g, p.body.height_m, p.spacing))
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
 
 
-def _label_sets(truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Which images each classifier label file lists, and with which label (train split only)."""
+def label_tables(truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Classifier label files (SPEC 4): which train-split images each lists, with which label."""
     t = truth[truth["split"] == "train"]
     bone = t[t["kind"] == "bone"]
     framed = bone[(bone["bad_crop"] == 0) & (bone["oversize"] == 0)]
@@ -343,95 +597,88 @@ class PhantomSummary:
     out: Path
     zips: int
     images: int
-    counts: dict
+    counts: dict  # bone images per defect, plus "white" participants and "labelme" files
+
+    @property
+    def ground_truth(self) -> Path:
+        """The ground-truth table."""
+        return self.out / "ground_truth.tsv"
+
+
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    """Drop zips and LabelMe files of an earlier, larger run into the same folder (ours only)."""
+    patterns = [(out / "zips", re.compile(r"\d{7}_20158_2_0\.zip")),
+                *((d, re.compile(r"\d{7}_20158_2_0_12\.json")) for d in (out / "labels").glob("7_segment_*"))]
+    for folder, pattern in patterns:
+        for path in folder.glob("*") if folder.is_dir() else ():
+            if pattern.fullmatch(path.name) and str(path) not in keep:
+                path.unlink()
 
 
 def generate(out_dir: str | Path, n: int, seed: int = 0) -> PhantomSummary:
-    """Write the phantom data set of `n` participants into `out_dir` (deterministic for `seed`)."""
+    """Write the phantom set of `n` participants into `out_dir`; byte-identical for a seed."""
     out = Path(out_dir)
-    rows = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        p = draw_participant(rng, 1000000 + i)
+    rows, written = [], set()
+    for i, (defect, white, train) in enumerate(plan_categories(n, seed)):
+        p = make_participant(i, seed, defect, white, train)
         stem = f"{p.eid}_20158_2_0"
-        bone, tissue, landmarks = render(p.body, p.rows, p.cols, rng)
-        images = {12: finish(bone, p.white, p.contrast_kind if p.defect == "bad_contrast" else None),
-                  11: finish(tissue, p.white)}
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-            members = [(12, "Total Body", images[12]), (11, "Total Body", images[11])]
-            for protocol, inst, shape in OTHER_PROTOCOLS[: 1 + i % len(OTHER_PROTOCOLS)]:
-                members.append((inst, protocol, rng.integers(0, 200, shape, dtype=np.uint8)))
-            for inst, protocol, pixels in members:
-                info = zipfile.ZipInfo(f"{UID_ROOT}.{seed}.{p.eid}.{inst}.dcm", ZIP_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, dicom_bytes(pixels, p, inst, protocol, seed))
-        write_bytes(out / "zips" / f"{stem}.zip", buffer.getvalue())
-        for inst, kind in ((12, "bone"), (11, "tissue")):
-            rows.append(truth_row(f"{stem}_{inst}", p, kind, landmarks))
-        if p.train and p.defect is None and (p.rows, p.cols) != OVERSIZE:
-            bak = "white" if p.white else "black"
-            write_text(out / "labels" / f"7_segment_{bak}" / f"{stem}_12.json",
-                       labelme_json(f"{stem}_12", images[12], landmarks, rng))
+        bone, tissue, mask, landmarks = render(p)
+        bone_img = finish(bone, mask, p.white, p.contrast_kind if p.defect == "bad_contrast" else None)
+        tissue_img = finish(tissue, mask, p.white)
+        path = out / "zips" / f"{stem}.zip"
+        write_bytes(path, zip_bytes(p, bone_img, tissue_img))
+        written.add(str(path))
+        rows += [truth_row(f"{stem}_12", p, "bone", landmarks), truth_row(f"{stem}_11", p, "tissue", landmarks)]
+        if p.train and p.defect is None:
+            path = out / "labels" / f"7_segment_{'white' if p.white else 'black'}" / f"{stem}_12.json"
+            shuffle = np.random.default_rng([seed, STREAM["labelme"], i])
+            write_text(path, labelme_json(f"{stem}_12", bone_img, landmarks, shuffle))
+            written.add(str(path))
+    _remove_stale(out, written)
     truth = pd.DataFrame(rows)
     write_tsv(out / "ground_truth.tsv", truth)
-    for name, table in _label_sets(truth).items():
+    for name, table in label_tables(truth).items():
         write_tsv(out / "labels" / name, table)
-    bone = truth[truth["kind"] == "bone"]
-    counts = {d: int(bone[d].sum()) for d in (*DEFECTS, "oversize")}
-    counts["white"] = int((bone["background"] == "white").sum())
+    bone_rows = truth[truth["kind"] == "bone"]
+    counts = {d: int(bone_rows[d].sum()) for d in DEFECT_RATES}
+    counts["white"] = int((bone_rows["background"] == "white").sum())
+    counts["labelme"] = sum(1 for w in written if w.endswith(".json"))
     return PhantomSummary(out, n, len(truth), counts)
 
 
-def preview(path: str | Path, n: int = 60, seed: int = 0) -> None:
-    """A PNG grid of phantom images: bone, tissue, and one of each defect (for the README)."""
-    examples: dict[str, np.ndarray] = {}
-    wanted = ["bone", "tissue", "bad_crop", "bad_contrast", "bad_pose", "white", "oversize"]
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        p = draw_participant(rng, 1000000 + i)
-        keys = []
-        if p.defect is None and not p.white and (p.rows, p.cols) != OVERSIZE:
-            keys = ["bone", "tissue"]
-        elif p.defect and not p.white:
-            keys = [p.defect]
-        elif p.white and p.defect is None:
-            keys = ["white"]
-        if (p.rows, p.cols) == OVERSIZE:
-            keys = ["oversize"]
-        keys = [k for k in keys if k not in examples]
-        if not keys:
-            continue
-        bone, tissue, _ = render(p.body, p.rows, p.cols, rng)
-        for k in keys:
-            examples[k] = finish(tissue, p.white) if k == "tissue" else finish(
-                bone, p.white, p.contrast_kind if p.defect == "bad_contrast" else None)
+def preview(path: str | Path, seed: int = 0) -> None:
+    """A PNG grid of phantom images: bone, tissue and one of each defect, titled (for the README)."""
+    cases = [("bone", None, False), ("tissue", None, False), ("bad crop", "bad_crop", False),
+             ("abnormal contrast", "bad_contrast", False), ("head pose", "bad_pose", False),
+             ("white background", None, True), ("oversize", "oversize", False)]
     tiles = []
-    for k in wanted:
-        if k not in examples:
-            continue
-        tile = np.full((OVERSIZE[0] + 40, OVERSIZE[1]), 128, np.uint8)
-        img = examples[k]
-        tile[40 + (OVERSIZE[0] - img.shape[0]) // 2:, :][: img.shape[0], (OVERSIZE[1] - img.shape[1]) // 2:][:, : img.shape[1]] = img
-        cv2.putText(tile, k.replace("_", " "), (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 255, 2)
+    for k, (title, defect, white) in enumerate(cases):
+        p = make_participant(0 if title == "tissue" else k, seed, defect, white, True)  # tissue: the bone's twin
+        bone, tissue, mask, _ = render(p)
+        contrast = p.contrast_kind if defect == "bad_contrast" else None
+        img = finish(tissue, mask, white) if title == "tissue" else finish(bone, mask, white, contrast)
+        tile = np.full((max(s[0] for s in OVERSIZE_SHAPES) + 44, max(s[1] for s in OVERSIZE_SHAPES) + 8), 128, np.uint8)
+        y0, x0 = 44 + (tile.shape[0] - 44 - img.shape[0]) // 2, (tile.shape[1] - img.shape[1]) // 2
+        tile[y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = img
+        cv2.putText(tile, title, (8, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.75, 255, 2, cv2.LINE_AA)
         tiles.append(tile)
-    grid = np.concatenate([np.pad(t, ((0, 0), (4, 4)), constant_values=128) for t in tiles], axis=1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.resize(grid, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+    grid = cv2.resize(np.concatenate(tiles, axis=1), None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    write_bytes(path, encode_png(grid))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: python -m hbr.phantom --out DIR --n N --seed S."""
+    """Command line: python -m hbr.phantom --out DIR --n N --seed S [--preview PNG]."""
     parser = argparse.ArgumentParser(prog="python -m hbr.phantom", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--n", type=int, default=100, help="participants (zips)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=int, default=100, help="participants (zips), default 100")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, default 0")
     parser.add_argument("--preview", type=Path, default=None, help="also write a PNG grid of examples here")
     args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be at least 1")
     summary = generate(args.out, args.n, args.seed)
     print(f"phantom: {summary.zips} zips, {summary.images} Total Body images -> {summary.out / 'zips'}; "
-          f"labels -> {summary.out / 'labels'}; truth -> {summary.out / 'ground_truth.tsv'}; "
-          f"bone images with defects: {summary.counts}")
+          f"labels -> {summary.out / 'labels'}; truth -> {summary.ground_truth}; counts: {summary.counts}")
     if args.preview:
         preview(args.preview, seed=args.seed)
     return 0

@@ -1,9 +1,11 @@
 """The phantom data set: deterministic, real-looking tags, labels that parse, consistent truth."""
 
+import base64
 import hashlib
 import json
 import zipfile
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,10 +15,13 @@ import pytest
 from hbr.files import read_tsv
 from hbr.labels import read_labelme
 from hbr.landmarks import LANDMARKS, POINT_LANDMARKS, Box
-from hbr.phantom import generate
+from hbr.phantom import generate, main, make_participant, plan_categories
 from hbr.phenotypes import measure, phenotype_columns
 
 N = 12
+REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "ukb_dxa_examples"
+LABEL_TSVS = ["2_class_label.tsv", "3_crop_label.tsv", "5_contrast_black_label.tsv", "5_contrast_white_label.tsv",
+              "6_pose_black_label.tsv", "6_pose_white_label.tsv"]
 
 
 @pytest.fixture(scope="module")
@@ -26,59 +31,170 @@ def phantom(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory):
+    """40 participants: every defect and both backgrounds occur."""
+    out = tmp_path_factory.mktemp("phantom40")
+    summary = generate(out, 40, seed=0)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def real_bone():
+    path = REAL_DIR / "1.2.840.113619.2.110.210419.20180719141313.1.12.12.1.dcm"
+    if not path.exists():
+        pytest.skip(f"../shared/ukb_dxa_examples not found: {path} (real UK Biobank example files)")
+    return pydicom.dcmread(path)
+
+
 def tree_digest(folder):
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def total_body(zip_path):
+    """{InstanceNumber: dataset} of the Total Body members, and the number of members."""
+    with zipfile.ZipFile(zip_path) as zf:
+        datasets = [pydicom.dcmread(BytesIO(zf.read(name))) for name in zf.namelist()]
+    return {int(ds.InstanceNumber): ds for ds in datasets if ds.ProtocolName == "Total Body"}, datasets
+
+
+def bone_pixels(folder, row):
+    """The bone image of a ground-truth row, as a black-background array."""
+    pixels = total_body(folder / "zips" / f"{row['eid']}_20158_2_0.zip")[0][12].pixel_array.astype(int)
+    return 252 - pixels if row["background"] == "white" else pixels
 
 
 def test_same_seed_same_bytes(phantom, tmp_path):
     generate(tmp_path / "again", N, seed=3)
     assert tree_digest(tmp_path / "again") == tree_digest(phantom)
     generate(tmp_path / "other", 3, seed=4)
-    assert tree_digest(tmp_path / "other") != tree_digest(tmp_path / "again")
+    generate(tmp_path / "again3", 3, seed=3)
+    assert tree_digest(tmp_path / "other") != tree_digest(tmp_path / "again3")
+    zips = lambda d: sorted(p.name for p in (d / "zips").iterdir())  # noqa: E731
+    assert zips(tmp_path / "other") == zips(tmp_path / "again3")  # same names, other contents
+
+
+def test_rerun_into_same_folder_drops_stale_files(tmp_path):
+    generate(tmp_path, 4, seed=1)
+    assert main(["--out", str(tmp_path), "--n", "2", "--seed", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "zips").iterdir()) == ["1000000_20158_2_0.zip", "1000001_20158_2_0.zip"]
+    truth = read_tsv(tmp_path / "ground_truth.tsv")
+    assert {p.stem for p in (tmp_path / "labels").glob("7_segment_*/*.json")} <= set(truth["Image"])
 
 
 def test_dicom_tags_like_the_real_files(phantom):
     zips = sorted((phantom / "zips").glob("*_20158_2_0.zip"))
-    assert len(zips) == N
+    assert [z.name for z in zips] == [f"{1000000 + i}_20158_2_0.zip" for i in range(N)]
+    uids = set()
     for path in zips:
+        tb, datasets = total_body(path)
+        assert set(tb) == {11, 12}
+        assert 3 <= len(datasets) <= 5  # plus 1-3 other protocols for stage 1 to skip
         with zipfile.ZipFile(path) as zf:
-            datasets = [pydicom.dcmread(BytesIO(zf.read(name))) for name in zf.namelist()]
-        total_body = {int(ds.InstanceNumber): ds for ds in datasets if ds.ProtocolName == "Total Body"}
-        assert set(total_body) == {11, 12}
-        assert len(datasets) >= 3  # plus other protocols for stage 1 to skip
-        for ds in total_body.values():
-            assert ds.Modality == "CR" and ds.PhotometricInterpretation == "MONOCHROME2"
-            assert ds.BitsAllocated == 8 and ds.PatientOrientation == ["L", "F"]
+            assert all(n.startswith("1.2.840.") and n.endswith(".dcm") for n in zf.namelist())
+        for ds in datasets:
+            uids.add(ds.SOPInstanceUID)
+            assert ds.preamble == b"\0" * 128 and ds.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+            assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1" and ds.Modality == "CR"
+        for ds in tb.values():
+            assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.SamplesPerPixel == 1
+            assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (8, 8, 7, 0)
+            assert ds.PatientOrientation == ["L", "F"] and ds.DeviceSerialNumber == "210419"
             pixels = ds.pixel_array
-            assert pixels.dtype == np.uint8 and pixels.max() <= 252
-            assert 1.4 < float(ds.PatientSize) < 2.0
-            assert len(ds.PatientAge) == 4 and ds.PatientAge.endswith("Y")
+            assert pixels.dtype == np.uint8 and pixels.max() <= 252 and pixels.shape == (ds.Rows, ds.Columns)
+            assert 1.5 <= float(ds.PatientSize) <= 1.95 and ds.PatientSex in ("M", "F")
+            assert len(ds.PatientAge) == 4 and ds.PatientAge[:3].isdigit() and ds.PatientAge.endswith("Y")
+            assert 35 < float(ds.PatientWeight) < 160 and ds.SoftwareVersions.startswith("16.")
             assert ds.ExposedArea[0] / ds.Columns == pytest.approx(2.42, abs=0.01)
             assert ds.ExposedArea[1] / ds.Rows == pytest.approx(2.43, abs=0.01)
             corner = pixels[:9, :9]
             assert (corner == 0).all() or (corner == 252).all()
+    assert len(uids) == sum(len(total_body(z)[1]) for z in zips)  # every SOP Instance UID unique
+
+
+def test_tags_and_intensities_match_the_real_bone_image(phantom, real_bone):
+    ds = total_body(phantom / "zips" / "1000000_20158_2_0.zip")[0][12]
+    wanted = {e.keyword for e in real_bone if e.keyword and not e.VR == "SQ"} - {
+        "ReferringPhysicianName", "TotalNumberOfExposures", "EntranceDoseInmGy",
+        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"}
+    missing = sorted(k for k in wanted if k not in ds)
+    assert not missing, f"tags of the real file missing in the phantom: {missing}"
+    for key in ("Rows", "Columns", "ExposedArea", "Modality", "PatientOrientation", "BitsStored", "ProtocolName"):
+        assert ds[key].value == real_bone[key].value, key
+    truth = pd.read_csv(phantom / "ground_truth.tsv", sep="\t")
+    normal = truth[(truth["kind"] == "bone") & (truth[["bad_crop", "bad_contrast", "oversize"]].sum(axis=1) == 0)]
+    real = real_bone.pixel_array.astype(int)
+    for _, row in normal.iterrows():
+        img = bone_pixels(phantom, row)
+        assert abs((img == 0).mean() - (real == 0).mean()) < 0.2  # body covers a like share of the image
+        assert abs(np.percentile(img[img > 0], 99) - np.percentile(real[real > 0], 99)) < 30  # bright bone
+        assert abs(np.median(img[img > 0]) - np.median(real[real > 0])) < 30  # soft tissue
 
 
 def test_labels_parse_and_name_known_images(phantom):
     truth = read_tsv(phantom / "ground_truth.tsv")
+    assert sorted(p.name for p in (phantom / "labels").glob("*.tsv")) == sorted(LABEL_TSVS)
     for tsv in (phantom / "labels").glob("*.tsv"):
+        assert tsv.read_text().splitlines()[0] == "File_Name\tLabel\tFile_Name_npy"
         table = read_tsv(tsv)
-        assert list(table.columns) == ["File_Name", "Label", "File_Name_npy"]
         assert set(table["Label"]) <= {"0", "1"}
+        assert (table["File_Name_npy"] == table["File_Name"] + ".npy").all()
         assert set(table["File_Name"]) <= set(truth.loc[truth["split"] == "train", "Image"])
     jsons = list((phantom / "labels").glob("7_segment_*/*.json"))
     assert jsons
+    by_image = truth.set_index("Image")
     for path in jsons:
         data = json.loads(path.read_text())
-        assert {"version", "flags", "shapes", "imagePath", "imageData", "imageHeight", "imageWidth"} <= set(data)
+        assert list(data) == ["version", "flags", "shapes", "imagePath", "imageData", "imageHeight", "imageWidth"]
+        assert data["version"] == "5.4.1" and data["imagePath"] == f"{path.stem}.png"
+        assert base64.b64decode(data["imageData"])[:8] == b"\x89PNG\r\n\x1a\n"
         assert {s["label"] for s in data["shapes"]} == set(LANDMARKS)
+        for shape in data["shapes"]:
+            assert list(shape) == ["label", "points", "group_id", "description", "shape_type", "flags", "mask"]
+            kind, count = ("polygon", len(shape["points"])) if shape["label"] == "head" else ("point", 1)
+            assert shape["shape_type"] == kind and len(shape["points"]) == count
+        row = by_image.loc[path.stem]
+        assert row["kind"] == "bone" and row["bad_crop"] == row["bad_contrast"] == row["bad_pose"] == "0"
+        assert path.parent.name == f"7_segment_{row['background']}"
         item = read_labelme(path)  # image from the embedded imageData
         assert item.image.shape == (data["imageHeight"], data["imageWidth"])
+        assert 12 <= len(item.shapes["head"]) <= 24
+        assert float(row["head_y"]) == pytest.approx(item.shapes["head"][:, 1].min(), abs=0.02)
+        for name in POINT_LANDMARKS:
+            assert item.shapes[name][0].tolist() == pytest.approx([float(row[f"{name}_cx"]), float(row[f"{name}_cy"])],
+                                                                  abs=0.02)
+    orders = {tuple(s["label"] for s in json.loads(p.read_text())["shapes"]) for p in jsons}
+    assert len(orders) > 1 or len(jsons) == 1  # shape order is shuffled: consumers must use labels
+
+
+def test_label_files_list_the_right_images(larger):
+    out, _ = larger
+    truth = pd.read_csv(out / "ground_truth.tsv", sep="\t")
+    train = truth[truth["split"] == "train"]
+    bone = train[train["kind"] == "bone"]
+    framed = bone[(bone["bad_crop"] == 0) & (bone["oversize"] == 0)]
+
+    def listed(name):
+        table = pd.read_csv(out / "labels" / name, sep="\t")
+        return dict(zip(table["File_Name"], table["Label"]))
+
+    assert listed("2_class_label.tsv") == dict(zip(train["Image"], train["is_bone"]))
+    assert listed("3_crop_label.tsv") == dict(zip(bone["Image"], bone["bad_crop"]))
+    for bak in ("black", "white"):
+        mine = framed[framed["background"] == bak]
+        assert listed(f"5_contrast_{bak}_label.tsv") == dict(zip(mine["Image"], mine["bad_contrast"]))
+        calm = mine[mine["bad_contrast"] == 0]
+        assert listed(f"6_pose_{bak}_label.tsv") == dict(zip(calm["Image"], calm["bad_pose"]))
+        segment = {p.stem for p in (out / "labels" / f"7_segment_{bak}").glob("*.json")}
+        assert segment == set(calm.loc[calm["bad_pose"] == 0, "Image"])
+    assert set(truth["split"]) == {"train", "test"}
+    assert 0.6 < (truth["split"] == "train").mean() < 0.8
 
 
 def test_truth_phenotypes_recompute(phantom):
     truth = pd.read_csv(phantom / "ground_truth.tsv", sep="\t")
+    assert len(truth) == 2 * N and set(truth["kind"]) == {"bone", "tissue"}
     for row in truth.itertuples(index=False):
         r = row._asdict()
         g = {"head": Box(r["head_x"], r["head_y"], r["head_w"], r["head_h"], r["head_cx"], r["head_cy"])}
@@ -86,19 +202,58 @@ def test_truth_phenotypes_recompute(phantom):
         expected = measure(g, r["height_m"], (r["spacing_mm_x"], r["spacing_mm_y"]))
         for col in phenotype_columns():
             assert r[col] == pytest.approx(expected[col], rel=1e-3, abs=1e-3), col
-        # height-scaled and scanner-scaled stature agree to a few percent
-        assert r["stature_mm"] / 10 == pytest.approx(r["Height_cm"], rel=0.08)
+        # height-scaled and scanner-scaled stature agree to a few percent (vertex to ankle ~ 96 % of height)
+        assert r["stature_mm"] / 10 == pytest.approx(r["Height_cm"], rel=0.06)
+        assert r["head_cx"] == pytest.approx(r["head_x"] + r["head_w"] / 2, abs=1e-3)
+        assert r["shoulder_left_cx"] > r["shoulder_right_cx"]  # patient's left on the image right (L\F)
+        assert r["hip_left_cx"] > r["hip_right_cx"] and r["ankle_left_cx"] > r["ankle_right_cx"]
 
 
-def test_defects_carry_their_truth(tmp_path):
-    generate(tmp_path, 40, seed=0)
-    truth = pd.read_csv(tmp_path / "ground_truth.tsv", sep="\t")
+def test_phenotypes_vary_like_people(larger):
+    out, _ = larger
+    bone = pd.read_csv(out / "ground_truth.tsv", sep="\t").query("kind == 'bone'")
+    for col, low, high in (("LHR", 0.11, 0.16), ("WHR", 0.07, 0.11), ("LSR", 0.5, 0.85), ("LLeR", 0.2, 0.33)):
+        assert bone[col].between(low, high).all(), col
+        assert bone[col].std() / bone[col].mean() > 0.03, f"{col} barely varies"
+    assert bone["height_m"].std() > 0.05
+
+
+def test_defects_carry_their_truth(larger):
+    out, summary = larger
+    truth = pd.read_csv(out / "ground_truth.tsv", sep="\t")
     bone = truth[truth["kind"] == "bone"]
-    assert bone[["bad_crop", "bad_contrast", "bad_pose"]].sum().min() >= 1
-    assert (bone[["bad_crop", "bad_contrast", "bad_pose"]].sum(axis=1) <= 1).all()
+    defects = bone[["bad_crop", "bad_contrast", "bad_pose", "oversize"]]
+    assert (defects.sum() >= 1).all() and (defects.sum(axis=1) <= 1).all()
+    assert summary.counts == {**defects.sum().to_dict(), "white": int((bone["background"] == "white").sum()),
+                              "labelme": summary.counts["labelme"]}
     crop = bone[bone["bad_crop"] == 1]
-    cut = (crop["head_y"] < 0) | (crop["ankle_left_cy"] > crop["Rows"] - 0.02 * crop["Rows"])
-    assert cut.all()
-    assert ((truth["background"] == "white").sum()) > 0
-    left_on_image_right = bone["shoulder_left_cx"] > bone["shoulder_right_cx"]
-    assert left_on_image_right.all()
+    assert ((crop["head_y"] < 0) | (crop[["ankle_left_cy", "ankle_right_cy"]].max(axis=1) > crop["Rows"] - 15)).all()
+    for _, row in crop.iterrows():
+        img = bone_pixels(out, row)
+        assert (img[0] > 0).any() or (img[-1] > 0).any(), f"{row['Image']} is not cut off"
+    fine = bone[bone["bad_crop"] == 0]
+    assert (fine["head_y"] > 2).all()
+    big = bone["oversize"] == 1
+    assert ((bone["Rows"] > 960) | (bone["Columns"] > 384)).eq(big).all()
+    # a tilted head turns about the neck: its centre leaves the body axis (shoulder to hip midpoints)
+    top = np.stack([bone[["shoulder_left_cx", "shoulder_right_cx"]].mean(axis=1),
+                    bone[["shoulder_left_cy", "shoulder_right_cy"]].mean(axis=1)], axis=1)
+    axis = np.stack([bone[["hip_left_cx", "hip_right_cx"]].mean(axis=1),
+                     bone[["hip_left_cy", "hip_right_cy"]].mean(axis=1)], axis=1) - top
+    head = bone[["head_cx", "head_cy"]].to_numpy() - top
+    off_axis = np.abs(axis[:, 0] * head[:, 1] - axis[:, 1] * head[:, 0]) / np.linalg.norm(axis, axis=1)
+    tilted = bone["bad_pose"].to_numpy() == 1
+    assert off_axis[tilted].min() > 8 > 4 > off_axis[~tilted].max()
+    for i, (defect, white, train) in enumerate(plan_categories(40, 0)):
+        roll = abs(make_participant(i, 0, defect, white, train).body.head_roll_deg)
+        assert (20 <= roll <= 35) if defect == "bad_pose" else roll <= 4
+    for _, row in bone[bone["bad_crop"] == 0].iterrows():
+        body = bone_pixels(out, row)
+        body = body[body > 0]
+        saturated, p99 = (body >= 250).mean(), np.percentile(body, 99)
+        assert (saturated > 0.2 or p99 < 200) == bool(row["bad_contrast"]), row["Image"]
+    white = truth[truth["background"] == "white"]
+    assert 0 < len(white) < len(truth) / 2 and set(white.groupby("eid").size()) == {2}  # both images of a participant
+    for _, row in white.iterrows():
+        pixels = total_body(out / "zips" / f"{row['eid']}_20158_2_0.zip")[0][row["InstanceNumber"]].pixel_array
+        assert (pixels[:9, :9] == 252).all()
