@@ -98,6 +98,7 @@ class SegmenterConfig:
 class PredictConfig:
     batch_size: int = 16
     workers: int = 2  # DataLoader workers
+    chunk_size: int = 1024  # images per resumable chunk: a re-run after a kill redoes at most one chunk
 
 
 @dataclass(frozen=True)

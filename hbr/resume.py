@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from hbr.files import TMP_PREFIX, read_tsv, write_tsv
+from hbr.errors import HbrError
+from hbr.files import read_tsv, write_tsv
 
 
 def _chunk_name(version: str, chunk: Sequence[str]) -> str:
@@ -34,8 +35,11 @@ def run_chunks(
 
     `state_dir` belongs to one stage; `version` must change whenever the result would
     (e.g. a model or config hash), so a state file is only reused for the same work.
-    State files of other versions or other item lists are removed at the end.
+    State files of other versions or other item lists, and temporaries a killed run left, are
+    removed at the end.
     """
+    if chunk_size < 1:
+        raise HbrError(f"chunk size must be at least 1 (predict.chunk_size), got {chunk_size}")
     state_dir.mkdir(parents=True, exist_ok=True)
     parts, used = [], set()
     chunks = [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
@@ -47,7 +51,7 @@ def run_chunks(
                 write_tsv(path, process(chunk))
             parts.append(read_tsv(path))
             bar.update(len(chunk))
-    for stale in state_dir.glob("*.tsv"):
-        if stale.name not in used and not stale.name.startswith(TMP_PREFIX):
-            stale.unlink()
+    for stale in state_dir.glob("*.tsv"):  # other versions, and temporaries a killed run left
+        if stale.name not in used:
+            stale.unlink(missing_ok=True)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

@@ -15,7 +15,6 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from hbr.config import RuntimeConfig, TrainConfig
@@ -53,6 +52,8 @@ def split_indices(
     n: int, val_fraction: float, seed: int, stratify: Optional[Sequence[int]] = None
 ) -> tuple[list[int], list[int]]:
     """Seeded train/validation split of range(n), stratified by `stratify` when given."""
+    from sklearn.model_selection import train_test_split  # here: importing sklearn costs every stage ~1 s
+
     indices = list(range(n))
     n_val = int(round(n * val_fraction))
     if n_val == 0:

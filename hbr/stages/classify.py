@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from hbr import cli
 from hbr.cli import Context
@@ -27,7 +26,6 @@ from hbr.models import create_model
 from hbr.prediction import predict_batches
 from hbr.resume import run_chunks
 from hbr.stages.model_stage import (
-    PREDICT_CHUNK,
     finish_without_images,
     label_location,
     obtain_model,
@@ -104,6 +102,8 @@ class ClassifierObjective:
         return F.cross_entropy(outputs, targets, weight=self.weight.to(outputs.device))
 
     def metrics(self, outputs, targets):
+        from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # only when training
+
         prob = outputs.softmax(1)[:, 1].numpy()
         truth = targets.numpy()
         bal_acc = float(balanced_accuracy_score(truth, prob >= 0.5))
@@ -192,7 +192,7 @@ def run(ctx: Context) -> None:
     model, meta = loaded
     version = f"{meta['config_hash']}-{c.threshold}"
     table = run_chunks(
-        ids, ctx.workdir / ".state" / task.stage, version, PREDICT_CHUNK,
+        ids, ctx.workdir / ".state" / task.stage, version, ctx.cfg.predict.chunk_size,
         lambda chunk: classify_images(model, meta, npy_dir, chunk, task, ctx, device), desc=task.stage,
     )
     write_tsv(ctx.workdir / task.table, table)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from hbr.cli import DEFAULT_LABELS, Context
-from hbr.config import config_hash
+from hbr.config import PredictConfig, config_hash
 from hbr.data import Preprocess
 from hbr.devices import configure_threads, resolve_device, to_device
 from hbr.errors import HbrError
@@ -18,7 +18,8 @@ from hbr.files import remove_stale, write_json, write_tsv
 from hbr.models import load_checkpoint, read_checkpoint, save_checkpoint
 from hbr.training import TrainResult
 
-PREDICT_CHUNK = 1024  # images per resumable prediction chunk
+PREDICT_CHUNK = PredictConfig().chunk_size  # default images per resumable chunk (config predict.chunk_size)
+
 
 
 def files_digest(paths: Iterable[Path]) -> str:

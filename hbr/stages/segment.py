@@ -32,7 +32,6 @@ from hbr.models import create_model
 from hbr.prediction import predict_batches
 from hbr.resume import run_chunks
 from hbr.stages.model_stage import (
-    PREDICT_CHUNK,
     finish_without_images,
     label_location,
     obtain_model,
@@ -213,7 +212,7 @@ def run(ctx: Context) -> None:
     model, meta = loaded
     version = f"{meta['config_hash']}-{'-'.join(wanted)}-{int(s.save_npy)}"
     table = run_chunks(
-        ids, ctx.workdir / ".state" / f"{STAGE}_{bak}", version, PREDICT_CHUNK,
+        ids, ctx.workdir / ".state" / f"{STAGE}_{bak}", version, ctx.cfg.predict.chunk_size,
         lambda chunk: segment_images(model, meta, ctx, bak, chunk, wanted, device), desc=f"{STAGE} {bak}",
     )
     write_tsv(ctx.workdir / f"7_segment_{bak}.tsv", table)
