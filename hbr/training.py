@@ -8,6 +8,7 @@ log lines, best-epoch selection and an optional time limit.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -66,6 +67,13 @@ def split_indices(
     return sorted(train), sorted(val)
 
 
+def one_cycle(progress: float) -> float:
+    """Learning-rate factor at training progress 0..1: warm up over the first 30 %, then cosine to 0."""
+    if progress < 0.3:
+        return 0.04 + 0.96 * progress / 0.3
+    return 0.5 * (1 + math.cos(math.pi * min((progress - 0.3) / 0.7, 1.0)))
+
+
 def _collect(model, dataset, batch_size, workers, device, runtime) -> tuple[torch.Tensor, torch.Tensor]:
     outputs, targets = [], []
     for out, (target,) in predict_batches(model, dataset, batch_size, workers, device, runtime):
@@ -93,11 +101,18 @@ def train(
     batch_size = min(cfg.batch_size, len(train_set))
     steps = max(len(train_set) // batch_size, 1)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
     scaler = grad_scaler(device)
     best: Optional[TrainResult] = None
     history = []
-    start = time.monotonic()
+    start, step, total_steps = time.monotonic(), 0, cfg.epochs * steps
+    limit_s = 60 * cfg.time_limit_min
+
+    def progress() -> float:
+        # with a time limit the schedule follows the clock too, so a cut-short run still
+        # ends at a low learning rate instead of stopping mid-warm-up
+        p = step / total_steps
+        return max(p, (time.monotonic() - start) / limit_s) if limit_s > 0 else p
+
     for epoch in range(cfg.epochs):
         epoch_start = time.monotonic()
         model.train()
@@ -113,6 +128,10 @@ def train(
         )
         losses = []
         for x, target in loader:
+            if progress() >= 1.0:
+                break
+            for group in optimiser.param_groups:
+                group["lr"] = cfg.lr * one_cycle(progress())
             with autocast(device, runtime):
                 out = model(batch_to_device(x, device, runtime))
             loss = objective.loss(out.float(), target.to(device))
@@ -120,8 +139,10 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
-            schedule.step()
+            step += 1
             losses.append(loss.item())
+        if not losses:
+            break
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if val_set is not None and len(val_set):
             outputs, targets = _collect(model, val_set, batch_size, cfg.workers, device, runtime)
@@ -132,7 +153,7 @@ def train(
         log(f"epoch {epoch + 1}/{cfg.epochs} {_format(record)}")
         if best is None or "score" not in record or record["score"] > best.metrics["score"]:
             best = TrainResult(copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), record, history)
-        if cfg.time_limit_min > 0 and time.monotonic() - start > 60 * cfg.time_limit_min:
+        if progress() >= 1.0 and epoch + 1 < cfg.epochs:
             log(f"time limit of {cfg.time_limit_min} min reached after epoch {epoch + 1}")
             break
     best.history = history

@@ -98,3 +98,10 @@ def test_training_loop_learns_a_trivial_task():
                    cfg, torch.device("cpu"), RuntimeConfig(), log=lambda s: None)
     assert result.metrics["balanced_accuracy"] == 1.0
     assert len(result.history) == 6
+
+
+def test_learning_rate_schedule_warms_up_and_ends_near_zero():
+    from hbr.training import one_cycle
+
+    assert one_cycle(0.0) < 0.1 and one_cycle(0.3) == 1.0
+    assert one_cycle(0.6) < one_cycle(0.4) and one_cycle(1.0) == 0.0
