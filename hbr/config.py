@@ -57,6 +57,7 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
+    min_steps: int = 0  # small label sets: raise the epochs until at least this many optimiser steps
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -100,11 +100,12 @@ def train(
     model = to_device(model, device, runtime)
     batch_size = min(cfg.batch_size, len(train_set))
     steps = max(len(train_set) // batch_size, 1)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps))  # a few dozen images still get trained
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = grad_scaler(device)
     best: Optional[TrainResult] = None
     history = []
-    start, step, total_steps = time.monotonic(), 0, cfg.epochs * steps
+    start, step, total_steps = time.monotonic(), 0, epochs * steps
     limit_s = 60 * cfg.time_limit_min
 
     def progress() -> float:
@@ -113,7 +114,7 @@ def train(
         p = step / total_steps
         return max(p, (time.monotonic() - start) / limit_s) if limit_s > 0 else p
 
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         epoch_start = time.monotonic()
         model.train()
         train_set.set_epoch(epoch)
@@ -150,10 +151,10 @@ def train(
             record.update(objective.metrics(outputs, targets))
         record["seconds"] = round(time.monotonic() - epoch_start, 2)
         history.append(record)
-        log(f"epoch {epoch + 1}/{cfg.epochs} {_format(record)}")
+        log(f"epoch {epoch + 1}/{epochs} {_format(record)}")
         if best is None or "score" not in record or record["score"] > best.metrics["score"]:
             best = TrainResult(copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), record, history)
-        if progress() >= 1.0 and epoch + 1 < cfg.epochs:
+        if progress() >= 1.0 and epoch + 1 < epochs:
             log(f"time limit of {cfg.time_limit_min} min reached after epoch {epoch + 1}")
             break
     best.history = history
