@@ -52,6 +52,7 @@ TINY = [
     "classifier.input_height=80",  # at 64x32 the QC classes are too alike to learn in seconds
     "classifier.input_width=40",
     "classifier.train.epochs=7",  # all of 6-8 learn stage 2 here; images of both backgrounds reach stage 8
+    "classifier.train.min_steps=0",  # the tiny set trains for exactly the epochs above
     "classifier.train.batch_size=8",
     f"classifier.train.min_images={MIN_LABELS}",
     "classifier.train.workers=0",
