@@ -67,13 +67,6 @@ def split_indices(
     return sorted(train), sorted(val)
 
 
-def one_cycle(progress: float) -> float:
-    """Learning-rate factor at training progress 0..1: warm up over the first 30 %, then cosine to 0."""
-    if progress < 0.3:
-        return 0.04 + 0.96 * progress / 0.3
-    return 0.5 * (1 + math.cos(math.pi * min((progress - 0.3) / 0.7, 1.0)))
-
-
 def _collect(model, dataset, batch_size, workers, device, runtime) -> tuple[torch.Tensor, torch.Tensor]:
     outputs, targets = [], []
     for out, (target,) in predict_batches(model, dataset, batch_size, workers, device, runtime):
@@ -102,6 +95,7 @@ def train(
     steps = max(len(train_set) // batch_size, 1)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps))  # a few dozen images still get trained
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=epochs * steps)
     scaler = grad_scaler(device)
     best: Optional[TrainResult] = None
     history = []
@@ -109,8 +103,6 @@ def train(
     limit_s = 60 * cfg.time_limit_min
 
     def progress() -> float:
-        # with a time limit the schedule follows the clock too, so a cut-short run still
-        # ends at a low learning rate instead of stopping mid-warm-up
         p = step / total_steps
         return max(p, (time.monotonic() - start) / limit_s) if limit_s > 0 else p
 
@@ -131,8 +123,6 @@ def train(
         for x, target in loader:
             if progress() >= 1.0:
                 break
-            for group in optimiser.param_groups:
-                group["lr"] = cfg.lr * one_cycle(progress())
             with autocast(device, runtime):
                 out = model(batch_to_device(x, device, runtime))
             loss = objective.loss(out.float(), target.to(device))
@@ -141,6 +131,11 @@ def train(
             scaler.step(optimiser)
             scaler.update()
             step += 1
+            # under a time limit the schedule is fast-forwarded to the clock, so a run cut
+            # short still ends at a low learning rate instead of mid-warm-up
+            catch_up = min(total_steps, max(step, math.floor(progress() * total_steps)))
+            while schedule.last_epoch < catch_up:
+                schedule.step()
             losses.append(loss.item())
         if not losses:
             break

@@ -100,8 +100,19 @@ def test_training_loop_learns_a_trivial_task():
     assert len(result.history) == 6
 
 
-def test_learning_rate_schedule_warms_up_and_ends_near_zero():
-    from hbr.training import one_cycle
 
-    assert one_cycle(0.0) < 0.1 and one_cycle(0.3) == 1.0
-    assert one_cycle(0.6) < one_cycle(0.4) and one_cycle(1.0) == 0.0
+def test_time_limit_stops_training_with_the_schedule_run_out():
+    """A run cut short by its time limit fast-forwards the learning rate to the end of its cycle."""
+    from hbr.stages.classify import ClassifierObjective
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 200, (32, 16)).astype(np.uint8) for _ in range(12)]
+    labels = [i % 2 for i in range(12)]
+    prep = Preprocess(32, 16, 32, 16)
+    model = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2})
+    cfg = TrainConfig(epochs=500, batch_size=4, workers=0, time_limit_min=0.02)
+    lines = []
+    result = train(model, ClassifierSet(images, labels, prep, None, 0), None, ClassifierObjective(labels),
+                   cfg, torch.device("cpu"), RuntimeConfig(cpu_bf16=False), log=lines.append)
+    assert len(result.history) < 500
+    assert any("time limit" in line for line in lines)
