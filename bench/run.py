@@ -313,13 +313,11 @@ class Runner:
         return ["--workdir", str(workdir), "--config", str(self.args.config), "--device", self.args.device, *sets]
 
     def forward_time(self, stage: Stage, images: int, tag: str) -> float:
-        from hbr.stages.model_stage import PREDICT_CHUNK
-
         sets = [x for o in self.args.overrides for x in ("--set", o)]
         result = self.logs / f"{stage.name}.forward_{tag}.json"
         data, _, _ = run_child(
             ["forward", "--result", str(result), "--checkpoint", str(self.models / stage.model / "model.pt"),
-             "--images", str(images), "--batch", str(self.cfg.predict.batch_size), "--chunk", str(PREDICT_CHUNK),
+             "--images", str(images), "--batch", str(self.cfg.predict.batch_size), "--chunk", str(self.cfg.predict.chunk_size),
              "--device", self.args.device, "--config", str(self.args.config), *sets],
             self.logs / f"{stage.name}.forward_{tag}.log", result,
         )
