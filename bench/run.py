@@ -88,6 +88,12 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process, all its threads, and its finished children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def child_stage(result: Path, profile: Optional[Path], script: str, argv: list[str]) -> None:
     """Run one stage script in this process; time its main() after the imports."""
     import importlib
@@ -103,7 +109,7 @@ def child_stage(result: Path, profile: Optional[Path], script: str, argv: list[s
     sys.argv = [script, *argv]
     code = 0
     profiler = cProfile.Profile() if profile else None
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     try:
         if profiler:
             profiler.enable()
@@ -113,7 +119,7 @@ def child_stage(result: Path, profile: Optional[Path], script: str, argv: list[s
     finally:
         if profiler:
             profiler.disable()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_s() - cpu
     own, worker = _peak_mb()
     if profiler:
         text = io.StringIO()
@@ -121,7 +127,7 @@ def child_stage(result: Path, profile: Optional[Path], script: str, argv: list[s
         stats.sort_stats("tottime").print_stats(30)
         stats.sort_stats("cumulative").print_stats(40)
         profile.write_text(text.getvalue())
-    result.write_text(json.dumps({"seconds": seconds, "imports_s": imports, "exit": code,
+    result.write_text(json.dumps({"seconds": seconds, "cpu_s": cpu, "imports_s": imports, "exit": code,
                                   "self_mb": own, "worker_mb": worker, "imports_mb": rss_imports}))
 
 
@@ -155,14 +161,14 @@ def child_forward(result: Path, checkpoint: Path, images: int, batch: int, chunk
 
     with torch.inference_mode():
         sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for b in sizes:
             with autocast(device, cfg.runtime):
                 out = model(inputs[b])
             out.float()
         sync()
-        seconds = time.perf_counter() - start
-    result.write_text(json.dumps({"seconds": seconds, "batches": len(sizes), "threads": torch.get_num_threads()}))
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    result.write_text(json.dumps({"seconds": seconds, "cpu_s": cpu, "batches": len(sizes), "threads": torch.get_num_threads()}))
 
 
 def child_main(argv: list[str]) -> None:
@@ -312,16 +318,16 @@ class Runner:
         sets = [x for o in self.args.overrides for x in ("--set", o)]
         return ["--workdir", str(workdir), "--config", str(self.args.config), "--device", self.args.device, *sets]
 
-    def forward_time(self, stage: Stage, images: int, tag: str) -> float:
+    def forward_time(self, stage: Stage, images: int, tag: str) -> dict:
         sets = [x for o in self.args.overrides for x in ("--set", o)]
         result = self.logs / f"{stage.name}.forward_{tag}.json"
         data, _, _ = run_child(
             ["forward", "--result", str(result), "--checkpoint", str(self.models / stage.model / "model.pt"),
-             "--images", str(images), "--batch", str(self.cfg.predict.batch_size), "--chunk", str(self.cfg.predict.chunk_size),
-             "--device", self.args.device, "--config", str(self.args.config), *sets],
+             "--images", str(images), "--batch", str(self.cfg.predict.batch_size), "--chunk",
+             str(self.cfg.predict.chunk_size), "--device", self.args.device, "--config", str(self.args.config), *sets],
             self.logs / f"{stage.name}.forward_{tag}.log", result,
         )
-        return data["seconds"]
+        return data
 
     def _once(self, stage: Stage, workdir: Path, tag: str, profile: Optional[Path] = None):
         result = self.logs / f"{stage.name}.{tag}.json"
@@ -366,11 +372,13 @@ class Runner:
                 between()
         if with_forward:
             forward.append(self.forward_time(stage, images, "last"))
-            s.update(forward_s=min(forward), forward_all=forward)
+            s.update(forward_s=min(f["seconds"] for f in forward), forward_all=[f["seconds"] for f in forward],
+                     forward_cpu_s=min(f["cpu_s"] for f in forward), forward_cpu_all=[f["cpu_s"] for f in forward])
         if stage.name == "1_dcm2img":
             images = len(read_tsv(self.workdir / "dcm_table.tsv"))
         data, wall, tree = runs[-1]  # memory of the real run
         s.update(images=images, seconds=min(r[0]["seconds"] for r in runs), seconds_all=[r[0]["seconds"] for r in runs],
+                 cpu_s=min(r[0]["cpu_s"] for r in runs), cpu_all=[r[0]["cpu_s"] for r in runs],
                  process_s=min(r[1] for r in runs), imports_s=data["imports_s"], imports_mb=data["imports_mb"],
                  self_mb=data["self_mb"], worker_mb=data["worker_mb"], tree_mb=tree["tree_rss_mb"],
                  pss_mb=tree["tree_pss_mb"])
@@ -461,33 +469,46 @@ def image_bytes(workdir: Path) -> float:
 def report_timed(plan: list[Stage], per_image: float, n_images: int) -> None:
     print()
     print(f"per stage (mean npy + png of a stage-1 image: {per_image / 1024:.1f} KiB):")
-    head = (f"{'stage':22s} {'images':>6s} {'s':>7s} {'img/s':>8s} {'fwd s':>7s} {'outside fwd':>11s} "
-            f"{'imports':>7s} {'self MB':>8s} {'worker MB':>9s} {'PSS MB':>8s} {'KiB/img':>8s} {'/(npy+png)':>10s} {'process s':>9s}")
+    head = (f"{'stage':22s} {'images':>6s} {'s':>7s} {'img/s':>7s} {'fwd s':>6s} {'outside fwd':>13s} "
+            f"{'CPU s':>6s} {'fwd CPU':>7s} {'outside (CPU)':>13s} "
+            f"{'imports':>7s} {'self MB':>7s} {'worker':>6s} {'PSS MB':>6s} {'KiB/img':>7s} {'/(npy+png)':>10s} {'process s':>9s}")
     print(head)
     total_bytes = 0
+
+    def share_text(fwd, total):
+        if fwd is None:
+            return "-"
+        share = 1 - fwd / total
+        return f"{100 * share:5.1f}% {ok(share <= GOAL_OVERHEAD)}"
+
     for st in plan:
         s = st.stats
         n = s["images"] or 0
         rate = n / s["seconds"] if s["seconds"] > 0 else float("nan")
-        fwd = s.get("forward_s")
-        share = 1 - fwd / s["seconds"] if fwd is not None else None
-        share_txt = f"{100 * share:5.1f}% {ok(share <= GOAL_OVERHEAD):>6s}" if share is not None else "-"
+        fwd, fwd_cpu = s.get("forward_s"), s.get("forward_cpu_s")
         per = s["bytes"] / n if n else float("nan")
         total_bytes += s["bytes"]
-        print(f"{st.name:22s} {n:6d} {s['seconds']:7.2f} {rate:8.1f} {fwd if fwd is not None else float('nan'):7.2f} "
-              f"{share_txt:>11s} {s['imports_mb']:7.0f} {s['self_mb']:8.0f} {s['worker_mb']:9.0f} {s['pss_mb']:8.0f} "
-              f"{per / 1024:8.1f} {per / per_image:10.3f} {s['process_s']:9.2f}")
-    print(f"goal: outside the forward pass <= {100 * GOAL_OVERHEAD:.0f} % of a model stage's time (SPEC 7); "
-          "fwd s = same model on random tensors in a fresh process, fastest of the runs before and after the stage runs; "
-          "s = fastest stage run (its main(), after imports); process s = whole stage process with start-up; "
-          "MB: RSS of the stage process after its imports (imports) and its peak (self, VmHWM); peak RSS of its "
-          "largest worker (ru_maxrss, shares pages with the stage process); PSS: peak of the process tree's summed "
-          "proportional set size (shared pages split), sampled at 20 Hz")
+        nan = float("nan")
+        print(f"{st.name:22s} {n:6d} {s['seconds']:7.2f} {rate:7.1f} {fwd if fwd is not None else nan:6.2f} "
+              f"{share_text(fwd, s['seconds']):>13s} {s['cpu_s']:6.2f} {fwd_cpu if fwd_cpu is not None else nan:7.2f} "
+              f"{share_text(fwd_cpu, s['cpu_s']):>13s} {s['imports_mb']:7.0f} {s['self_mb']:7.0f} {s['worker_mb']:6.0f} "
+              f"{s['pss_mb']:6.0f} {per / 1024:7.1f} {per / per_image:10.3f} {s['process_s']:9.2f}")
+    print(f"goal: outside the forward pass <= {100 * GOAL_OVERHEAD:.0f} % of a model stage's time (SPEC 7).")
+    print("  s = fastest stage run (its main(), after imports); fwd s = the same model on random tensors of the "
+          "stage's batch shapes in a fresh process, fastest of the runs before and after each stage run; "
+          "outside fwd = 1 - fwd s / s. CPU s, fwd CPU: CPU seconds (all threads and worker processes) of the "
+          "same runs, least of each; outside (CPU) = 1 - fwd CPU / CPU s, less sensitive to other work on the "
+          "machine than wall time. process s = whole stage process with Python start-up and imports.")
+    print("  MB: RSS of the stage process after its imports (imports) and its peak (self, VmHWM); peak RSS of its "
+          "largest worker process (ru_maxrss, counts the pages it shares with the stage process); PSS: peak of the "
+          "process tree's summed proportional set size (shared pages split), sampled at 20 Hz.")
     for st in plan:
         s = st.stats
         if "forward_s" in s:
-            print(f"  {st.name}: stage runs {' '.join(f'{t:.2f}' for t in s['seconds_all'])} s, forward runs "
-                  f"{' '.join(f'{t:.2f}' for t in s['forward_all'])} s; "
+            print(f"  {st.name}: stage runs {' '.join(f'{t:.2f}' for t in s['seconds_all'])} s "
+                  f"(CPU {' '.join(f'{t:.2f}' for t in s['cpu_all'])}); forward runs "
+                  f"{' '.join(f'{t:.2f}' for t in s['forward_all'])} s "
+                  f"(CPU {' '.join(f'{t:.2f}' for t in s['forward_cpu_all'])}); "
                   f"stage {1000 * s['seconds'] / max(s['images'], 1):.1f} ms/img, "
                   f"forward {1000 * s['forward_s'] / max(s['images'], 1):.1f} ms/img")
     masks = sum(st.stats.get("mask_bytes", 0) for st in plan)
@@ -649,9 +670,10 @@ def main() -> None:
                 between()
             runner.run(st, between)
             s = st.stats
-            fwd = f"; forward {' '.join(f'{t:.2f}' for t in s['forward_all'])} s" if "forward_s" in s else ""
+            fwd = (f"; forward {' '.join(f'{t:.2f}' for t in s['forward_all'])} s "
+                   f"(CPU {' '.join(f'{t:.2f}' for t in s['forward_cpu_all'])})") if "forward_s" in s else ""
             print(f"  {st.name:22s} {s['images'] or 0:5d} images; stage {' '.join(f'{t:.2f}' for t in s['seconds_all'])} s"
-                  f"{fwd}", flush=True)
+                  f" (CPU {' '.join(f'{t:.2f}' for t in s['cpu_all'])}){fwd}", flush=True)
         report_timed(plan, image_bytes(work), plan[0].stats["images"])
         if baseline_s:
             stage1_vs_baseline(zips, root, plan[0].stats, baseline_s)

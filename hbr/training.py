@@ -75,6 +75,13 @@ def _collect(model, dataset, batch_size, workers, device, runtime) -> tuple[torc
     return torch.cat(outputs), torch.cat(targets)
 
 
+def epoch_rank(record: dict) -> tuple[float, float]:
+    """Order of epochs: higher score first; on a tie (small validation sets saturate at a
+    perfect score within an epoch or two) the lower validation loss, so a barely trained
+    early epoch does not win."""
+    return record.get("score", 0.0), -record.get("val_loss", 0.0)
+
+
 def _format(metrics: dict) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
 
@@ -147,7 +154,7 @@ def train(
         record["seconds"] = round(time.monotonic() - epoch_start, 2)
         history.append(record)
         log(f"epoch {epoch + 1}/{epochs} {_format(record)}")
-        if best is None or "score" not in record or record["score"] > best.metrics["score"]:
+        if best is None or epoch_rank(record) > epoch_rank(best.metrics):
             best = TrainResult(copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), record, history)
         if progress() >= 1.0 and epoch + 1 < epochs:
             log(f"time limit of {cfg.time_limit_min} min reached after epoch {epoch + 1}")

@@ -9,7 +9,7 @@ from hbr.config import AugmentConfig, RuntimeConfig, TrainConfig
 from hbr.data import ClassifierSet, Preprocess, SegmenterSet
 from hbr.errors import HbrError
 from hbr.models import create_model, load_checkpoint, save_checkpoint
-from hbr.training import split_indices, train
+from hbr.training import epoch_rank, split_indices, train
 
 
 def test_unknown_names_list_valid_ones():
@@ -43,6 +43,24 @@ def test_checkpoint_round_trip_and_refusal(tmp_path):
     torch.save({"something": torch.zeros(1)}, junk)
     with pytest.raises(HbrError, match="not an hbr checkpoint"):
         load_checkpoint(junk)
+
+
+def test_checkpoint_missing_weights_is_refused(tmp_path):
+    model = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2})
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, {"spec": {"kind": "classifier", "arch": "resnet18", "num_outputs": 2}})
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["state_dict"]["fc.bias"]
+    torch.save(ckpt, path)
+    with pytest.raises(HbrError, match="m.pt"):
+        load_checkpoint(path)
+
+
+def test_best_epoch_ties_go_to_the_lower_validation_loss():
+    early = {"epoch": 1, "score": 1.01, "val_loss": 0.60}
+    late = {"epoch": 9, "score": 1.01, "val_loss": 0.05}
+    worse = {"epoch": 12, "score": 0.95, "val_loss": 0.01}
+    assert max([early, late, worse], key=epoch_rank)["epoch"] == 9
 
 
 def test_flip_swaps_left_and_right():
