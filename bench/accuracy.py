@@ -17,8 +17,8 @@
    error (original pixels) and LHR relative error medians on the held-out images that
    reached stage 8. Goals are printed beside the values. Not run by the tests.
 
-The segmenters train under the demo config's time limit (segmenter.train.time_limit_min),
-so on a busy machine they see fewer epochs and the landmark numbers can be worse.
+Training is not time-capped in configs/demo.yaml, so a busy machine makes the run
+slower but does not change the scores.
 """
 
 from __future__ import annotations

@@ -75,8 +75,12 @@ class ClassifierConfig:
     input_width: int = 384
     pretrained: bool = False
     threshold: float = 0.5  # probability of label 1 above which an image is label 1
+    # per-background stages also learn from the other background's labels, with those
+    # images' polarity swapped (black + white - value): white-background scans are few
+    share_backgrounds: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # every QC question (bone image, framing, contrast, head pose) has the same answer in a mirror image
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5))
 
 
 @dataclass(frozen=True)

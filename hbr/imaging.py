@@ -96,3 +96,13 @@ def model_input(image: np.ndarray, canvas_h: int, canvas_w: int, in_h: int, in_w
     """The one preprocessing of every model: canvas, then resize to the input size (uint8 kept)."""
     canvas, p = to_canvas(image, canvas_h, canvas_w)
     return resize(canvas, in_h, in_w), p
+
+
+def swap_background(image: np.ndarray, black: int, white: int) -> np.ndarray:
+    """The image as the other background would show it: value v -> black + white - v.
+
+    White-background DXA images are the inverted rendering of black ones (0 <-> 252),
+    so this turns one into the other; values outside black..white are clipped first.
+    """
+    low, high = min(black, white), max(black, white)
+    return (black + white - np.clip(image, low, high)).astype(image.dtype)

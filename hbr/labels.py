@@ -30,12 +30,14 @@ class ClassLabels:
     labels: list[int]
 
 
-def read_class_labels(path: Path, npy_dir: Path, min_images: int = 10, warn=print) -> ClassLabels:
+def read_class_labels(
+    path: Path, npy_dir: Path, min_images: int = 10, warn=print, both_classes: bool = True
+) -> ClassLabels:
     """Read a File_Name / Label / File_Name_npy TSV; images are looked up in `npy_dir`.
 
     A bad row (label other than 0/1, unknown image, duplicate) is reported with its
-    line number through `warn` and skipped; a missing column, too few images or a
-    single class stop with an HbrError.
+    line number through `warn` and skipped; a missing column, too few images or (with
+    `both_classes`) a single class stop with an HbrError.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,7 +70,7 @@ def read_class_labels(path: Path, npy_dir: Path, min_images: int = 10, warn=prin
             labels.append(int(label))
     if len(ids) < min_images:
         raise HbrError(f"{path}: only {len(ids)} usable labelled image(s); at least {min_images} are needed to train")
-    if len(set(labels)) < 2:
+    if both_classes and len(set(labels)) < 2:
         raise HbrError(f"{path}: every image has Label {labels[0]}; both classes (0 and 1) are needed to train")
     return ClassLabels(ids, paths, labels)
 

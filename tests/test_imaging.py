@@ -10,6 +10,7 @@ from hbr.imaging import (
     from_canvas,
     input_to_canvas_xy,
     original_to_canvas_xy,
+    swap_background,
     to_canvas,
 )
 
@@ -60,3 +61,11 @@ def test_preprocess_landmarks_follow_the_image():
     ys, xs = np.nonzero(small > 0.2)
     (cx, cy), = prep.landmarks_to_input(np.array([[101.5, 401.5]]), 791, 272)
     assert abs(xs.mean() - cx) < 0.6 and abs(ys.mean() - cy) < 0.6
+
+
+def test_swap_background_turns_white_into_black_and_back():
+    black = np.array([[0, 0, 40], [0, 252, 251]], np.uint8)
+    white = swap_background(black, 0, 252)
+    assert white.dtype == np.uint8 and white.tolist() == [[252, 252, 212], [252, 0, 1]]
+    assert np.array_equal(swap_background(white, 0, 252), black)
+    assert swap_background(np.array([[255]], np.uint8), 0, 252).tolist() == [[0]]  # out of range: clipped

@@ -21,6 +21,7 @@ from hbr.cli import Context
 from hbr.data import ClassifierSet, PredictionSet, Preprocess
 from hbr.errors import HbrError
 from hbr.files import image_folders, keep_images, list_images, read_npy, write_tsv
+from hbr.imaging import swap_background
 from hbr.labels import read_class_labels
 from hbr.models import create_model
 from hbr.prediction import predict_batches
@@ -51,6 +52,7 @@ class ClassifierTask:
     keep_label: int
     meaning: tuple[str, str]  # what label 0 and label 1 mean
     per_background: bool = False
+    background: Optional[str] = None  # filled in by for_background
 
     def for_background(self, bak: Optional[str]) -> "ClassifierTask":
         """The task with {bak} filled in (unchanged for stages that run once)."""
@@ -66,6 +68,7 @@ class ClassifierTask:
             self.keep_label,
             self.meaning,
             False,
+            bak,
         )
 
 
@@ -112,25 +115,69 @@ class ClassifierObjective:
         return {"balanced_accuracy": bal_acc, "auc": auc, "score": bal_acc + 0.01 * np.nan_to_num(auc)}
 
 
+def shared_label_path(ctx: Context, task: ClassifierTask, label_path: Path) -> Optional[Path]:
+    """The other background's label file that a per-background stage also learns from, if any.
+
+    Next to an explicit --labels file it is the same name with the other background;
+    otherwise it is looked up like the stage's own labels.
+    """
+    if task.background is None or not ctx.cfg.classifier.share_backgrounds:
+        return None
+    other = next(b for b in cli.BACKGROUNDS if b != task.background)
+    given = Path(ctx.args.labels) if ctx.args.labels is not None else None
+    if given is not None and given.is_file():
+        name = given.name.replace(f"_{task.background}_", f"_{other}_")
+        path = given.with_name(name) if name != given.name else None
+    else:
+        path = label_location(ctx, [TASKS[ctx.args.task].for_background(other).labels])
+    return path if path is not None and path.is_file() else None
+
+
+def read_training_images(ctx: Context, task: ClassifierTask, label_path: Path) -> tuple[list[np.ndarray], list[int]]:
+    """Labelled images and labels of a stage: its own, plus the other background's (polarity swapped) when shared."""
+    c, npy_dir = ctx.cfg.classifier, ctx.workdir / f"{TOTAL_BODY}_npy"
+    shared = shared_label_path(ctx, task, label_path)
+    # with shared labels the minimum count and both classes apply to the pooled set
+    own = read_class_labels(label_path, npy_dir, 1 if shared else c.train.min_images, both_classes=shared is None)
+    images, labels = [read_npy(p) for p in own.paths], list(own.labels)
+    if shared is not None:
+        try:
+            extra = read_class_labels(shared, npy_dir, 1, both_classes=False)
+        except HbrError as exc:
+            print(f"not sharing labels across backgrounds: {exc}")
+        else:
+            bg = ctx.cfg.background
+            images += [swap_background(read_npy(p), bg.black, bg.white) for p in extra.paths]
+            labels += extra.labels
+            print(f"{shared}: {len(extra.ids)} images of the other background added with polarity swapped "
+                  "(classifier.share_backgrounds)")
+    if len(labels) < c.train.min_images:
+        raise HbrError(f"{label_path}: only {len(labels)} usable labelled image(s) with those of {shared}; "
+                       f"at least {c.train.min_images} are needed to train")
+    if len(set(labels)) < 2:
+        found = f"only Label {labels[0]}" if labels else "no usable rows"
+        raise HbrError(f"{label_path}: {found}; both classes (0 and 1) are needed to train")
+    return images, labels
+
+
 def _train_classifier(ctx: Context, task: ClassifierTask, label_path: Path, device) -> Callable[[Path, str], None]:
     """The training step of `obtain_model`: read the labels, train, save the checkpoint."""
     def train_into(path: Path, wanted_hash: str) -> None:
         c = ctx.cfg.classifier
-        labels = read_class_labels(label_path, ctx.workdir / f"{TOTAL_BODY}_npy", c.train.min_images)
-        images = [read_npy(p) for p in labels.paths]
+        images, labels = read_training_images(ctx, task, label_path)
         prep = preprocess_for(ctx, c.input_height, c.input_width)
-        train_idx, val_idx = split_indices(len(images), c.train.val_fraction, c.train.seed, labels.labels)
+        train_idx, val_idx = split_indices(len(images), c.train.val_fraction, c.train.seed, labels)
         pick = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
-        print(f"{label_path}: {len(train_idx)} training and {len(val_idx)} validation images "
-              f"({sum(labels.labels)} with label 1)")
+        print(f"{task.stage}: {len(train_idx)} training and {len(val_idx)} validation images "
+              f"({sum(labels)} with label 1)")
         seed_everything(c.train.seed)
         spec = {"kind": "classifier", "arch": c.arch, "num_outputs": 2}
         model = create_model(spec, pretrained=c.pretrained)
-        train_labels = pick(train_idx, labels.labels)
+        train_labels = pick(train_idx, labels)
         result = train(
             model,
             ClassifierSet(pick(train_idx, images), train_labels, prep, c.augment, c.train.seed),
-            ClassifierSet(pick(val_idx, images), pick(val_idx, labels.labels), prep, None, c.train.seed),
+            ClassifierSet(pick(val_idx, images), pick(val_idx, labels), prep, None, c.train.seed),
             ClassifierObjective(train_labels),
             c.train,
             device,
@@ -184,8 +231,11 @@ def run(ctx: Context) -> None:
     device = stage_device(ctx)
     label_path = label_location(ctx, [task.labels])
     c = ctx.cfg.classifier
+    shared = shared_label_path(ctx, task, label_path)
     settings = (task.stage, c.arch, c.input_height, c.input_width, c.pretrained, c.train, c.augment, ctx.cfg.canvas)
-    loaded = obtain_model(ctx, task.stage, settings, lambda: [label_path],
+    if shared is not None:
+        settings += (ctx.cfg.background,)
+    loaded = obtain_model(ctx, task.stage, settings, lambda: [label_path] + ([shared] if shared else []),
                           _train_classifier(ctx, task, label_path, device), device)
     if loaded is None:
         return
