@@ -117,19 +117,21 @@ def training_summary(workdir: Path) -> list[str]:
 def score(workdir: Path, truth: pd.DataFrame) -> list[str]:
     """Held-out scores of every decision table and the landmarks, with goals."""
     lines, decisions = [], {}
-    for name, (column, keep_when) in evaluate.DECISION_TRUTH.items():
+    for name, (column, keep_when, unscored) in evaluate.DECISION_TRUTH.items():
         path = workdir / name
         if not path.exists():
             lines.append(f"  {name}: no decision table")
             continue
         table = read_table(path, ["Image", "decision"])
-        should_keep, kept = evaluate.decision_truth(table, truth, column, keep_when, "test")
+        should_keep, kept = evaluate.decision_truth(table, truth, column, keep_when, "test", unscored)
         stage = Path(name).stem.removesuffix("_pred")
-        decisions[stage] = (evaluate.score_decisions(table, truth, column, keep_when, "test"), len(should_keep))
+        decisions[stage] = (evaluate.score_decisions(table, truth, column, keep_when, "test", unscored),
+                            len(should_keep))
         wrong_removed = int((should_keep & ~kept).sum())
         wrong_kept = int((~should_keep & kept).sum())
         lines.append(f"  {stage}: {len(should_keep)} held-out images seen ({int(should_keep.sum())} to keep, "
-                     f"{int((~should_keep).sum())} to remove); wrongly removed {wrong_removed}, wrongly kept {wrong_kept}")
+                     f"{int((~should_keep).sum())} to remove); wrongly removed {wrong_removed}, wrongly kept {wrong_kept}"
+                     + (f"; {unscored} images not scored" if unscored else ""))
     tables = [read_table(p, ["Image"]) for p in (segment_table_path(workdir, b) for b in ("black", "white")) if p.exists()]
     landmarks = evaluate.score_landmarks(pd.concat(tables, ignore_index=True), truth, "test") if tables else None
     if landmarks is not None:

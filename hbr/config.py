@@ -52,6 +52,7 @@ class AugmentConfig:
     brightness: float = 0.05  # +/- additive, fraction of full range
     noise: float = 0.02  # Gaussian noise sigma, fraction of full range
     hflip: float = 0.0  # probability of a horizontal flip (left/right landmarks are swapped)
+    invert: float = 0.0  # probability of showing an image in the other background's polarity
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,9 @@ class ClassifierConfig:
     # images' polarity swapped (black + white - value): white-background scans are few
     share_backgrounds: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
-    # every QC question (bone image, framing, contrast, head pose) has the same answer in a mirror image
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5))
+    # every QC question (bone image, framing, contrast, head pose) has the same answer in a
+    # mirror image and on the other background (white-background scans are inverted renderings)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5, invert=0.5))
 
 
 @dataclass(frozen=True)

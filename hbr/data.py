@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from hbr.augment import jitter_intensity, random_affine, rng_for, warp_image, warp_points
 from hbr.config import AugmentConfig
 from hbr.files import read_npy
-from hbr.imaging import Placement, canvas_to_input_xy, model_input, original_to_canvas_xy, place
+from hbr.imaging import Placement, canvas_to_input_xy, model_input, original_to_canvas_xy, place, swap_background
 from hbr.landmarks import mirrored
 
 
@@ -37,13 +37,17 @@ class Preprocess:
         """Where an original image of rows x cols sits on the canvas."""
         return place(rows, cols, self.canvas_h, self.canvas_w)
 
+    @staticmethod
+    def full_scale(image: np.ndarray) -> float:
+        """The value that maps to 1: 255 for 8-bit images, else the image's maximum."""
+        return 255.0 if image.dtype == np.uint8 else float(max(int(image.max()), 1))
+
     def input_image(self, image: np.ndarray) -> np.ndarray:
         """Original image -> model-input-sized image, intensities scaled to [0, 1] (float32)."""
         if image.ndim != 2:
             raise ValueError(f"expected a 2-D grey image, got shape {image.shape}")
-        full_scale = 255.0 if image.dtype == np.uint8 else float(max(int(image.max()), 1))
-        resized, _ = model_input(image.astype(np.float32), self.canvas_h, self.canvas_w, self.input_h, self.input_w)
-        return resized / full_scale
+        resized, _ = model_input(image, self.canvas_h, self.canvas_w, self.input_h, self.input_w)
+        return resized / self.full_scale(image)
 
     def to_tensor(self, image01: np.ndarray) -> torch.Tensor:
         """[0, 1] image -> normalised 1 x H x W tensor."""
@@ -79,9 +83,19 @@ class PredictionSet(Dataset):
 class _TrainSet(Dataset):
     """Preloads the (small) labelled set at input size; augments on the fly when `augment`."""
 
-    def __init__(self, images: Sequence[np.ndarray], prep: Preprocess, aug: Optional[AugmentConfig], seed: int):
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        prep: Preprocess,
+        aug: Optional[AugmentConfig],
+        seed: int,
+        background: tuple[int, int] = (0, 252),
+    ):
         self.images = [prep.input_image(img) for img in images]
         self.sizes = [img.shape for img in images]
+        # black and white background values at each image's [0, 1] scale, for the polarity swap
+        self.backgrounds = [(background[0] / prep.full_scale(img), background[1] / prep.full_scale(img))
+                            for img in images]
         self.prep, self.aug, self.seed = prep, aug, seed
         self.epoch = 0
 
@@ -99,14 +113,16 @@ class _TrainSet(Dataset):
             return image, None, False
         rng = rng_for(self.seed, self.epoch, i)
         matrix, flip = random_affine(rng, self.aug, *image.shape)
+        if self.aug.invert > 0 and rng.random() < self.aug.invert:
+            image = swap_background(image, *self.backgrounds[i])
         return jitter_intensity(warp_image(image, matrix), rng, self.aug), matrix, flip
 
 
 class ClassifierSet(_TrainSet):
     """(image, label) pairs for a 2-class classifier."""
 
-    def __init__(self, images, labels: Sequence[int], prep, aug, seed):
-        super().__init__(images, prep, aug, seed)
+    def __init__(self, images, labels: Sequence[int], prep, aug, seed, background=(0, 252)):
+        super().__init__(images, prep, aug, seed, background)
         self.labels = [int(v) for v in labels]
 
     def __getitem__(self, i: int):

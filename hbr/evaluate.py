@@ -28,14 +28,17 @@ GOAL_HEAD_IOU = 0.90
 GOAL_CENTRE_ERROR_PX = 3.0
 GOAL_LHR_RELATIVE_ERROR = 0.03
 
-# decision table (relative to the work directory) -> (truth column, truth value of an image to keep)
+# decision table (relative to the work directory) -> (truth column, its value for an image
+# to keep, truth column of images not scored). Oversize images are not scored for framing:
+# the canvas crops them, so a head near their top edge is really cut off in what the model
+# sees, and stage 4 removes every oversize image anyway.
 DECISION_TRUTH = {
-    "2_class_pred.tsv": ("is_bone", 1),
-    "3_crop_pred.tsv": ("bad_crop", 0),
-    "5_contrast_black_pred.tsv": ("bad_contrast", 0),
-    "5_contrast_white_pred.tsv": ("bad_contrast", 0),
-    "6_pose_black_pred.tsv": ("bad_pose", 0),
-    "6_pose_white_pred.tsv": ("bad_pose", 0),
+    "2_class_pred.tsv": ("is_bone", 1, None),
+    "3_crop_pred.tsv": ("bad_crop", 0, "oversize"),
+    "5_contrast_black_pred.tsv": ("bad_contrast", 0, None),
+    "5_contrast_white_pred.tsv": ("bad_contrast", 0, None),
+    "6_pose_black_pred.tsv": ("bad_pose", 0, None),
+    "6_pose_white_pred.tsv": ("bad_pose", 0, None),
 }
 
 
@@ -144,11 +147,16 @@ def decision_truth(
     truth_column: str,
     keep_when: Union[int, str],
     split: Optional[str] = "test",
+    unscored: Optional[str] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(should keep, kept) per image of the decision table that has a ground-truth row of `split`."""
+    """(should keep, kept) per image of the decision table that has a ground-truth row of `split`,
+    leaving out images whose `unscored` truth column is 1."""
     truth = _held_out(ground_truth, split)
-    if truth_column not in truth.columns:
-        raise HbrError(f"ground truth has no column {truth_column!r}")
+    for column in (truth_column, unscored):
+        if column is not None and column not in truth.columns:
+            raise HbrError(f"ground truth has no column {column!r}")
+    if unscored is not None:
+        truth = truth[pd.to_numeric(truth[unscored], errors="coerce") != 1]
     merged = decision_table[["Image", "decision"]].merge(truth[["Image", truth_column]], on="Image", how="inner")
     column = merged[truth_column]
     if isinstance(keep_when, (int, float)) and not isinstance(keep_when, bool):
@@ -165,16 +173,18 @@ def score_decisions(
     truth_column: str,
     keep_when: Union[int, str],
     split: Optional[str] = "test",
+    unscored: Optional[str] = None,
 ) -> float:
     """Balanced accuracy of a stage's keep/remove decisions against the truth.
 
     An image should be kept when its `truth_column` equals `keep_when` (e.g.
     ("is_bone", 1), ("bad_crop", 0)). Only images the stage saw and that have a
-    ground-truth row of `split` are scored; NaN when there are none.
+    ground-truth row of `split` (and not 1 in column `unscored`) are scored; NaN
+    when there are none.
     """
     from sklearn.metrics import balanced_accuracy_score
 
-    should_keep, kept = decision_truth(decision_table, ground_truth, truth_column, keep_when, split)
+    should_keep, kept = decision_truth(decision_table, ground_truth, truth_column, keep_when, split, unscored)
     if len(should_keep) == 0:
         return math.nan
     with warnings.catch_warnings():
@@ -249,12 +259,13 @@ def evaluate_workdir(workdir: str | Path, split: Optional[str] = "test", truth_p
         raise HbrError(f"{truth_path}: not found (it is written by the phantom generator, python -m hbr.phantom)")
     truth = read_table(truth_path, ["Image"])
     decisions: dict[str, tuple[float, int]] = {}
-    for name, (column, keep_when) in DECISION_TRUTH.items():
+    for name, (column, keep_when, unscored) in DECISION_TRUTH.items():
         path = workdir / name
         if path.exists():
             table = read_table(path, ["Image", "decision"])
-            n = len(decision_truth(table, truth, column, keep_when, split)[0])
-            decisions[Path(name).stem.removesuffix("_pred")] = (score_decisions(table, truth, column, keep_when, split), n)
+            n = len(decision_truth(table, truth, column, keep_when, split, unscored)[0])
+            score = score_decisions(table, truth, column, keep_when, split, unscored)
+            decisions[Path(name).stem.removesuffix("_pred")] = (score, n)
     segments = [segment_table_path(workdir, bak) for bak in ("black", "white")]
     tables = [read_table(p, ["Image"]) for p in segments if p.exists()]
     landmarks = score_landmarks(pd.concat(tables, ignore_index=True), truth, split) if tables else None

@@ -93,9 +93,13 @@ def canvas_to_input_xy(x: float, y: float, in_h: int, in_w: int, p: Placement) -
 
 
 def model_input(image: np.ndarray, canvas_h: int, canvas_w: int, in_h: int, in_w: int) -> tuple[np.ndarray, Placement]:
-    """The one preprocessing of every model: canvas, then resize to the input size (uint8 kept)."""
+    """The one preprocessing of every model: canvas, then float32 resized to the input size.
+
+    The canvas is built in the image's own type (4x less memory traffic for 8-bit) and
+    converted before resizing, so area averaging is not rounded to integers.
+    """
     canvas, p = to_canvas(image, canvas_h, canvas_w)
-    return resize(canvas, in_h, in_w), p
+    return resize(canvas.astype(np.float32), in_h, in_w), p
 
 
 def swap_background(image: np.ndarray, black: int, white: int) -> np.ndarray:

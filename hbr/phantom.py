@@ -580,8 +580,10 @@ def label_tables(truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Classifier label files (SPEC 4): which train-split images each lists, with which label."""
     t = truth[truth["split"] == "train"]
     bone = t[t["kind"] == "bone"]
+    # oversize images are left out of the framing labels: the canvas crops them, so the
+    # model may see a cut-off head on an image labelled well framed (stage 4 removes them)
     framed = bone[(bone["bad_crop"] == 0) & (bone["oversize"] == 0)]
-    sets = {"2_class_label.tsv": (t, "is_bone"), "3_crop_label.tsv": (bone, "bad_crop")}
+    sets = {"2_class_label.tsv": (t, "is_bone"), "3_crop_label.tsv": (bone[bone["oversize"] == 0], "bad_crop")}
     for bak in ("black", "white"):
         mine = framed[framed["background"] == bak]
         sets[f"5_contrast_{bak}_label.tsv"] = (mine, "bad_contrast")

@@ -371,6 +371,8 @@ def test_score_decisions_balanced_accuracy():
                           "split": ["test"] * 5 + ["train"]})  # fmt: skip
     # should keep a, b, e (kept a, b): recall 2/3; should remove c, d (removed c): 1/2
     assert score_decisions(table, truth, "bad_crop", keep_when=0) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    truth["oversize"] = ["0", "0", "0", "0", "1", "0"]  # e left out: keep a, b (both kept), remove c, d
+    assert score_decisions(table, truth, "bad_crop", 0, unscored="oversize") == pytest.approx((1 + 1 / 2) / 2)
     line = format_scores(decision_scores={"3_crop": (0.99, 5)})[0]
     assert line == "3_crop balanced accuracy 0.990 (goal >= 0.98) on 5 held-out images ok"
 

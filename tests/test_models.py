@@ -134,3 +134,15 @@ def test_time_limit_stops_training_with_the_schedule_run_out():
                    cfg, torch.device("cpu"), RuntimeConfig(cpu_bf16=False), log=lines.append)
     assert len(result.history) < 500
     assert any("time limit" in line for line in lines)
+
+
+def test_invert_augmentation_shows_the_other_background():
+    prep = Preprocess(16, 8, 16, 8)
+    image = np.zeros((16, 8), np.uint8)
+    image[4:12, 2:6] = 200
+    still = AugmentConfig(rotate_deg=0, scale=0, shift=0, gamma=0, brightness=0, noise=0, hflip=0, invert=1.0)
+    x, label = ClassifierSet([image], [1], prep, still, seed=0, background=(0, 252))[0]
+    expected = prep.to_tensor((252 - image).astype(np.float32) / 255)
+    assert label == 1 and torch.allclose(x, expected, atol=1e-6)
+    plain, _ = ClassifierSet([image], [1], prep, None, seed=0)[0]  # validation: never inverted
+    assert torch.allclose(plain, prep.to_tensor(image.astype(np.float32) / 255), atol=1e-6)

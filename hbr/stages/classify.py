@@ -174,10 +174,11 @@ def _train_classifier(ctx: Context, task: ClassifierTask, label_path: Path, devi
         spec = {"kind": "classifier", "arch": c.arch, "num_outputs": 2}
         model = create_model(spec, pretrained=c.pretrained)
         train_labels = pick(train_idx, labels)
+        bg = (ctx.cfg.background.black, ctx.cfg.background.white)
         result = train(
             model,
-            ClassifierSet(pick(train_idx, images), train_labels, prep, c.augment, c.train.seed),
-            ClassifierSet(pick(val_idx, images), pick(val_idx, labels), prep, None, c.train.seed),
+            ClassifierSet(pick(train_idx, images), train_labels, prep, c.augment, c.train.seed, bg),
+            ClassifierSet(pick(val_idx, images), pick(val_idx, labels), prep, None, c.train.seed, bg),
             ClassifierObjective(train_labels),
             c.train,
             device,
