@@ -106,3 +106,4 @@ if [ "$DEMO" = 1 ]; then
 fi
 echo "== results: $WORKDIR/8_segment_result/hbr_table.tsv (one row per image)"
 echo "== report:  $WORKDIR/8_segment_result/report/index.html"
+echo "== finished in $((SECONDS / 60)) min $((SECONDS % 60)) s"

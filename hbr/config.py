@@ -52,7 +52,7 @@ class AugmentConfig:
     brightness: float = 0.05  # +/- additive, fraction of full range
     noise: float = 0.02  # Gaussian noise sigma, fraction of full range
     hflip: float = 0.0  # probability of a horizontal flip (left/right landmarks are swapped)
-    invert: float = 0.0  # probability of showing an image in the other background's polarity
+    invert: float = 0.0  # probability of showing an image in the other background's polarity (stages 2, 3)
 
 
 @dataclass(frozen=True)

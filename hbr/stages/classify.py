@@ -7,7 +7,7 @@ remove, and why) and hard-links the kept images into its own folders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -175,9 +175,12 @@ def _train_classifier(ctx: Context, task: ClassifierTask, label_path: Path, devi
         model = create_model(spec, pretrained=c.pretrained)
         train_labels = pick(train_idx, labels)
         bg = (ctx.cfg.background.black, ctx.cfg.background.white)
+        # a per-background stage only ever sees one polarity (the other background's labels
+        # arrive already swapped, see read_training_images): inverting would only add noise
+        aug = c.augment if task.background is None else replace(c.augment, invert=0.0)
         result = train(
             model,
-            ClassifierSet(pick(train_idx, images), train_labels, prep, c.augment, c.train.seed, bg),
+            ClassifierSet(pick(train_idx, images), train_labels, prep, aug, c.train.seed, bg),
             ClassifierSet(pick(val_idx, images), pick(val_idx, labels), prep, None, c.train.seed, bg),
             ClassifierObjective(train_labels),
             c.train,
