@@ -150,12 +150,11 @@ def decision_truth(
     unscored: Optional[str] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(should keep, kept) per image of the decision table that has a ground-truth row of `split`,
-    leaving out images whose `unscored` truth column is 1."""
+    leaving out images whose `unscored` truth column (when the table has it) is 1."""
     truth = _held_out(ground_truth, split)
-    for column in (truth_column, unscored):
-        if column is not None and column not in truth.columns:
-            raise HbrError(f"ground truth has no column {column!r}")
-    if unscored is not None:
+    if truth_column not in truth.columns:
+        raise HbrError(f"ground truth has no column {truth_column!r}")
+    if unscored is not None and unscored in truth.columns:
         truth = truth[pd.to_numeric(truth[unscored], errors="coerce") != 1]
     merged = decision_table[["Image", "decision"]].merge(truth[["Image", truth_column]], on="Image", how="inner")
     column = merged[truth_column]

@@ -391,5 +391,9 @@ def test_evaluate_workdir_scores_a_run(run_copy):
     assert lines[0] == "2_class balanced accuracy 1.000 (goal >= 0.98) on 4 held-out images ok"
     assert lines[1] == "3_crop balanced accuracy 1.000 (goal >= 0.98) on 3 held-out images ok"
     assert any(line.startswith("head box IoU median 1.00") for line in lines)
+    truth["oversize"] = ["0", "0", "1", "0"]  # an oversize image is not scored for framing
+    write_tsv(run_copy / "phantom_truth.tsv", truth)
+    lines = evaluate_workdir(run_copy, truth_path=run_copy / "phantom_truth.tsv")
+    assert lines[1] == "3_crop balanced accuracy 1.000 (goal >= 0.98) on 2 held-out images ok"
     with pytest.raises(HbrError, match="ground_truth.tsv: not found"):
         evaluate_workdir(run_copy)
