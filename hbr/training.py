@@ -154,7 +154,7 @@ def train(
         record["seconds"] = round(time.monotonic() - epoch_start, 2)
         history.append(record)
         log(f"epoch {epoch + 1}/{epochs} {_format(record)}")
-        if best is None or epoch_rank(record) > epoch_rank(best.metrics):
+        if best is None or "score" not in record or epoch_rank(record) > epoch_rank(best.metrics):
             best = TrainResult(copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), record, history)
         if progress() >= 1.0 and epoch + 1 < epochs:
             log(f"time limit of {cfg.time_limit_min} min reached after epoch {epoch + 1}")

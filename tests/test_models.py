@@ -134,6 +134,7 @@ def test_time_limit_stops_training_with_the_schedule_run_out():
                    cfg, torch.device("cpu"), RuntimeConfig(cpu_bf16=False), log=lines.append)
     assert len(result.history) < 500
     assert any("time limit" in line for line in lines)
+    assert result.metrics["epoch"] == len(result.history)  # no validation: the last epoch's weights
 
 
 def test_invert_augmentation_shows_the_other_background():
