@@ -40,7 +40,7 @@ def test_white_stage_learns_from_black_labels_with_polarity_swapped(work):
     task = TASKS["contrast"].for_background("white")
     own = labels / "5_contrast_white_label.tsv"
     assert shared_label_path(ctx, task, own) == labels / "5_contrast_black_label.tsv"
-    images, found = read_training_images(ctx, task, own)
+    images, found = read_training_images(ctx, own, shared_label_path(ctx, task, own))
     assert found == [0, 0, 0, 1]
     assert images[0].tolist() == [[252, 242], [52, 252]]  # its own image as it is
     assert images[2].tolist() == [[252, 242], [52, 252]]  # b0 seen on a white background
@@ -56,7 +56,7 @@ def test_without_sharing_a_single_class_file_is_refused(work):
     own = labels / "5_contrast_white_label.tsv"
     assert shared_label_path(ctx, task, own) is None
     with pytest.raises(HbrError, match="5_contrast_white_label.tsv.*both classes"):
-        read_training_images(ctx, task, own)
+        read_training_images(ctx, own, shared_label_path(ctx, task, own))
 
 
 def test_stages_that_run_once_share_nothing(work):

@@ -133,10 +133,12 @@ def shared_label_path(ctx: Context, task: ClassifierTask, label_path: Path) -> O
     return path if path is not None and path.is_file() else None
 
 
-def read_training_images(ctx: Context, task: ClassifierTask, label_path: Path) -> tuple[list[np.ndarray], list[int]]:
-    """Labelled images and labels of a stage: its own, plus the other background's (polarity swapped) when shared."""
+def read_training_images(
+    ctx: Context, label_path: Path, shared: Optional[Path]
+) -> tuple[list[np.ndarray], list[int]]:
+    """Labelled images and labels of a stage: its own, plus those of `shared` (the other
+    background's label file, see shared_label_path) with their polarity swapped."""
     c, npy_dir = ctx.cfg.classifier, ctx.workdir / f"{TOTAL_BODY}_npy"
-    shared = shared_label_path(ctx, task, label_path)
     # with shared labels the minimum count and both classes apply to the pooled set
     own = read_class_labels(label_path, npy_dir, 1 if shared else c.train.min_images, both_classes=shared is None)
     images, labels = [read_npy(p) for p in own.paths], list(own.labels)
@@ -160,11 +162,13 @@ def read_training_images(ctx: Context, task: ClassifierTask, label_path: Path) -
     return images, labels
 
 
-def _train_classifier(ctx: Context, task: ClassifierTask, label_path: Path, device) -> Callable[[Path, str], None]:
+def _train_classifier(
+    ctx: Context, task: ClassifierTask, label_path: Path, shared: Optional[Path], device
+) -> Callable[[Path, str], None]:
     """The training step of `obtain_model`: read the labels, train, save the checkpoint."""
     def train_into(path: Path, wanted_hash: str) -> None:
         c = ctx.cfg.classifier
-        images, labels = read_training_images(ctx, task, label_path)
+        images, labels = read_training_images(ctx, label_path, shared)
         prep = preprocess_for(ctx, c.input_height, c.input_width)
         train_idx, val_idx = split_indices(len(images), c.train.val_fraction, c.train.seed, labels)
         pick = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
@@ -240,7 +244,7 @@ def run(ctx: Context) -> None:
     if shared is not None:
         settings += (ctx.cfg.background,)
     loaded = obtain_model(ctx, task.stage, settings, lambda: [label_path] + ([shared] if shared else []),
-                          _train_classifier(ctx, task, label_path, device), device)
+                          _train_classifier(ctx, task, label_path, shared, device), device)
     if loaded is None:
         return
     model, meta = loaded
