@@ -17,9 +17,12 @@
    - share of time outside the model forward pass (model stages): the same checkpoint
      on random tensors of the stage's batch shapes (same number of images, batch size,
      autocast and channels_last as hbr.devices), timed in a fresh process just before
-     and just after the stage; share = 1 - mean forward time / stage time (goal <= 25 %);
+     and just after each stage run; per timed run, share = 1 - mean of those two forward
+     times / stage time, and the median over the runs is reported (goal <= 25 %): the
+     machine's speed drifts, so only neighbouring runs are compared;
    - peak resident memory: the stage process and its largest worker (ru_maxrss), and the
-     peak of the whole process tree's summed RSS (psutil polling, 20 Hz);
+     peak of the whole process tree's summed RSS (psutil polling, 20 Hz), in the last of
+     the --repeat runs only: polling costs CPU, so the times come from the runs before it;
    - bytes written per input image: sizes of files with inodes new to the work directory
      (a hard link of an existing file costs nothing; a file linked twice counts once),
      and that over the mean npy + png size of a stage-1 image (goal <= 1.2 over all
@@ -45,6 +48,7 @@ import pstats
 import resource
 import runpy
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -204,11 +208,13 @@ def _pss_kb(pid: int) -> int:
         return 0
 
 
-def run_child(args: list[str], log: Path, result: Path) -> tuple[dict, float, dict]:
+def run_child(args: list[str], log: Path, result: Path, poll: bool = True) -> tuple[dict, float, dict]:
     """Run `bench/run.py --child ...`; (its result JSON, wall seconds, peaks of its process tree).
 
-    The tree (the child and its workers) is sampled every POLL_S: peak of the summed RSS
-    (shared pages counted in every process) and of the summed PSS (shared pages split).
+    With `poll`, the tree (the child and its workers) is sampled every POLL_S: peak of the
+    summed RSS (shared pages counted in every process) and of the summed PSS (shared pages
+    split). Sampling costs CPU (reading smaps of every process at 20 Hz slowed a 2-s
+    stage by about 30 % on 2 cores), so timed runs are made without it.
     """
     import psutil
 
@@ -221,7 +227,7 @@ def run_child(args: list[str], log: Path, result: Path) -> tuple[dict, float, di
         peak_rss = peak_pss = 0.0
         try:
             root = psutil.Process(proc.pid)
-            while proc.poll() is None:
+            while poll and proc.poll() is None:
                 rss = pss = 0
                 try:
                     for p in [root, *root.children(recursive=True)]:
@@ -235,7 +241,7 @@ def run_child(args: list[str], log: Path, result: Path) -> tuple[dict, float, di
                 peak_rss, peak_pss = max(peak_rss, rss / 2**20), max(peak_pss, pss / 2**20)
                 time.sleep(POLL_S)
         finally:
-            code = proc.wait()
+            code = proc.wait()  # without polling: just wait for the child
         wall = time.perf_counter() - start
     if code != 0 or not result.exists():
         tail = "\n".join(log.read_text().splitlines()[-15:])
@@ -300,7 +306,8 @@ class Runner:
 
     With `repeat` > 1 a stage first runs repeat - 1 times in a scratch copy of the work
     directory (hard links, `cp -al`: every output is written to a new file and renamed,
-    so the copy never changes the original), then once for real; the fastest run counts.
+    so the copy never changes the original), timed, then once for real with its memory
+    sampled; the fastest timed run counts.
     A model stage's forward reference runs before each of them and after the last.
     """
 
@@ -325,22 +332,22 @@ class Runner:
             ["forward", "--result", str(result), "--checkpoint", str(self.models / stage.model / "model.pt"),
              "--images", str(images), "--batch", str(self.cfg.predict.batch_size), "--chunk",
              str(self.cfg.predict.chunk_size), "--device", self.args.device, "--config", str(self.args.config), *sets],
-            self.logs / f"{stage.name}.forward_{tag}.log", result,
+            self.logs / f"{stage.name}.forward_{tag}.log", result, poll=False,
         )
         return data
 
-    def _once(self, stage: Stage, workdir: Path, tag: str, profile: Optional[Path] = None):
+    def _once(self, stage: Stage, workdir: Path, tag: str, profile: Optional[Path] = None, poll: bool = True):
         result = self.logs / f"{stage.name}.{tag}.json"
         extra = ["--profile", str(profile)] if profile else []
         return run_child(["stage", "--result", str(result), *extra, "--", stage.script, *stage.args,
-                          *self.common(workdir)], self.logs / f"{stage.name}.{tag}.log", result)
+                          *self.common(workdir)], self.logs / f"{stage.name}.{tag}.log", result, poll)
 
-    def _in_scratch(self, stage: Stage, tag: str, profile: Optional[Path] = None):
+    def _in_scratch(self, stage: Stage, tag: str, profile: Optional[Path] = None, poll: bool = True):
         shutil.rmtree(self.scratch, ignore_errors=True)
         if self.workdir.exists():
             subprocess.run(["cp", "-al", str(self.workdir), str(self.scratch)], check=True)
         try:
-            return self._once(stage, self.scratch, tag, profile)
+            return self._once(stage, self.scratch, tag, profile, poll)
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -361,8 +368,8 @@ class Runner:
         for r in range(self.repeat):
             if with_forward:
                 forward.append(self.forward_time(stage, images, str(r)))
-            if r < self.repeat - 1:
-                runs.append(self._in_scratch(stage, f"run{r}"))
+            if r < self.repeat - 1:  # timed only: not slowed by memory sampling
+                runs.append(self._in_scratch(stage, f"run{r}", poll=False))
             else:
                 exists = self.workdir.exists()
                 old = inodes(self.workdir) if self.measure_disk and exists else {}
@@ -372,14 +379,23 @@ class Runner:
                 between()
         if with_forward:
             forward.append(self.forward_time(stage, images, "last"))
-            s.update(forward_s=min(f["seconds"] for f in forward), forward_all=[f["seconds"] for f in forward],
-                     forward_cpu_s=min(f["cpu_s"] for f in forward), forward_cpu_all=[f["cpu_s"] for f in forward])
+            s.update(forward_all=[f["seconds"] for f in forward], forward_cpu_all=[f["cpu_s"] for f in forward])
+            # Each timed stage run against the forward references just before and after it:
+            # the machine's speed drifts by tens of percent within minutes, so only
+            # neighbouring runs are compared, and the median of those ratios is reported.
+            timed_runs = range(max(self.repeat - 1, 1))
+            for key, fwd_key, out in (("seconds", "seconds", "share"), ("cpu_s", "cpu_s", "share_cpu")):
+                shares = [1 - (forward[r][fwd_key] + forward[r + 1][fwd_key]) / 2 / runs[r][0][key] for r in timed_runs]
+                s[out], s[f"{out}_all"] = float(statistics.median(shares)), shares
+            s["forward_s"] = float(statistics.median(s["forward_all"]))
+            s["forward_cpu_s"] = float(statistics.median(s["forward_cpu_all"]))
         if stage.name == "1_dcm2img":
             images = len(read_tsv(self.workdir / "dcm_table.tsv"))
-        data, wall, tree = runs[-1]  # memory of the real run
-        s.update(images=images, seconds=min(r[0]["seconds"] for r in runs), seconds_all=[r[0]["seconds"] for r in runs],
-                 cpu_s=min(r[0]["cpu_s"] for r in runs), cpu_all=[r[0]["cpu_s"] for r in runs],
-                 process_s=min(r[1] for r in runs), imports_s=data["imports_s"], imports_mb=data["imports_mb"],
+        data, wall, tree = runs[-1]  # memory of the real run, the only one sampled
+        timed = runs[:-1] or runs  # with repeat > 1 the times come from the unsampled runs
+        s.update(images=images, seconds=min(r[0]["seconds"] for r in timed), seconds_all=[r[0]["seconds"] for r in runs],
+                 cpu_s=min(r[0]["cpu_s"] for r in timed), cpu_all=[r[0]["cpu_s"] for r in runs],
+                 process_s=min(r[1] for r in timed), imports_s=data["imports_s"], imports_mb=data["imports_mb"],
                  self_mb=data["self_mb"], worker_mb=data["worker_mb"], tree_mb=tree["tree_rss_mb"],
                  pss_mb=tree["tree_pss_mb"])
         if self.measure_disk:
@@ -475,10 +491,9 @@ def report_timed(plan: list[Stage], per_image: float, n_images: int) -> None:
     print(head)
     total_bytes = 0
 
-    def share_text(fwd, total):
-        if fwd is None:
+    def share_text(share):
+        if share is None:
             return "-"
-        share = 1 - fwd / total
         return f"{100 * share:5.1f}% {ok(share <= GOAL_OVERHEAD)}"
 
     for st in plan:
@@ -490,15 +505,15 @@ def report_timed(plan: list[Stage], per_image: float, n_images: int) -> None:
         total_bytes += s["bytes"]
         nan = float("nan")
         print(f"{st.name:22s} {n:6d} {s['seconds']:7.2f} {rate:7.1f} {fwd if fwd is not None else nan:6.2f} "
-              f"{share_text(fwd, s['seconds']):>13s} {s['cpu_s']:6.2f} {fwd_cpu if fwd_cpu is not None else nan:7.2f} "
-              f"{share_text(fwd_cpu, s['cpu_s']):>13s} {s['imports_mb']:7.0f} {s['self_mb']:7.0f} {s['worker_mb']:6.0f} "
+              f"{share_text(s.get('share')):>13s} {s['cpu_s']:6.2f} {fwd_cpu if fwd_cpu is not None else nan:7.2f} "
+              f"{share_text(s.get('share_cpu')):>13s} {s['imports_mb']:7.0f} {s['self_mb']:7.0f} {s['worker_mb']:6.0f} "
               f"{s['pss_mb']:6.0f} {per / 1024:7.1f} {per / per_image:10.3f} {s['process_s']:9.2f}")
     print(f"goal: outside the forward pass <= {100 * GOAL_OVERHEAD:.0f} % of a model stage's time (SPEC 7).")
-    print("  s = fastest stage run (its main(), after imports); fwd s = the same model on random tensors of the "
-          "stage's batch shapes in a fresh process, fastest of the runs before and after each stage run; "
-          "outside fwd = 1 - fwd s / s. CPU s, fwd CPU: CPU seconds (all threads and worker processes) of the "
-          "same runs, least of each; outside (CPU) = 1 - fwd CPU / CPU s, less sensitive to other work on the "
-          "machine than wall time. process s = whole stage process with Python start-up and imports.")
+    print("  s = fastest timed stage run (its main(), after imports); fwd s = median of the same model on random "
+          "tensors of the stage's batch shapes in a fresh process, run before and after each stage run; "
+          "outside fwd = median over the timed stage runs of 1 - (forward before + forward after) / 2 / stage run. "
+          "CPU s, fwd CPU, outside (CPU): the same with CPU seconds (all threads and worker processes). "
+          "process s = whole stage process with Python start-up and imports.")
     print("  MB: RSS of the stage process after its imports (imports) and its peak (self, VmHWM); peak RSS of its "
           "largest worker process (ru_maxrss, counts the pages it shares with the stage process); PSS: peak of the "
           "process tree's summed proportional set size (shared pages split), sampled at 20 Hz.")
@@ -510,7 +525,9 @@ def report_timed(plan: list[Stage], per_image: float, n_images: int) -> None:
                   f"{' '.join(f'{t:.2f}' for t in s['forward_all'])} s "
                   f"(CPU {' '.join(f'{t:.2f}' for t in s['forward_cpu_all'])}); "
                   f"stage {1000 * s['seconds'] / max(s['images'], 1):.1f} ms/img, "
-                  f"forward {1000 * s['forward_s'] / max(s['images'], 1):.1f} ms/img")
+                  f"forward {1000 * s['forward_s'] / max(s['images'], 1):.1f} ms/img; outside fwd per timed run "
+                  f"{' '.join(f'{100 * x:.0f}%' for x in s['share_all'])} "
+                  f"(CPU {' '.join(f'{100 * x:.0f}%' for x in s['share_cpu_all'])})")
     masks = sum(st.stats.get("mask_bytes", 0) for st in plan)
     segmented = sum(st.stats["images"] or 0 for st in plan if st.name.startswith("7_segment"))
     other = total_bytes - masks
@@ -623,8 +640,9 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the stage-1 baseline comparison")
     parser.add_argument("--profile", nargs="*", default=[], metavar="STAGE",
                         help="cProfile these stages (full names, e.g. 2_body_class) in the timed run")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each stage (and forward references) in the timed run; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="runs of each stage in the timed run: repeat - 1 timed (the fastest counts), "
+                             "then one with memory sampling")
     parser.add_argument("--keep", action="store_true", help="keep the timed and memory-check work directories")
     args = parser.parse_args()
     args.config = args.config.resolve()
@@ -653,7 +671,7 @@ def main() -> None:
                         profile=tuple(args.profile))
         plan = stage_plan(zips, models)
         baseline_s = []
-        print(f"timed run in {work} (logs {runner.logs}); each stage {args.repeat}x, the fastest counts:", flush=True)
+        print(f"timed run in {work} (logs {runner.logs}); each stage {args.repeat}x, the fastest of the first {max(args.repeat - 1, 1)} counts (the last samples memory):", flush=True)
         for st in plan:
             between = None
             if st.name == "1_dcm2img" and not args.no_baseline:

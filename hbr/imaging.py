@@ -72,6 +72,29 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interp)
 
 
+def input_to_original(maps: np.ndarray, p: Placement, fill: float = 0.0) -> np.ndarray:
+    """Model-input-sized float maps (C, in_h, in_w) -> (C, rows, cols) on the original image.
+
+    Equal to a linear resize to the canvas followed by `from_canvas`, but in one affine
+    warp that computes only the original's pixels (4x less work for a 791x272 image);
+    pixels the canvas cropped away get `fill`.
+    """
+    in_h, in_w = maps.shape[-2:]
+    sx, sy = in_w / p.canvas_w, in_h / p.canvas_h
+    # original (x, y) -> input coordinates, pixel centres aligned as in canvas_to_input_xy
+    to_input = np.array([[sx, 0.0, (p.left + 0.5) * sx - 0.5], [0.0, sy, (p.top + 0.5) * sy - 0.5]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    out = np.stack([cv2.warpAffine(np.ascontiguousarray(m), to_input, (p.cols, p.rows), flags=flags,
+                                   borderMode=cv2.BORDER_REPLICATE) for m in maps])
+    if p.oversize:
+        cropped = np.full_like(out, fill)
+        _, oy = _overlap(p.top, p.rows, p.canvas_h)
+        _, ox = _overlap(p.left, p.cols, p.canvas_w)
+        cropped[:, oy, ox] = out[:, oy, ox]
+        out = cropped
+    return out
+
+
 def canvas_to_original_xy(x: float, y: float, p: Placement) -> tuple[float, float]:
     """Canvas pixel coordinates -> original-image pixel coordinates."""
     return x - p.left, y - p.top

@@ -1,5 +1,6 @@
 """Canvas padding/cropping and the coordinate mappings back to the original image."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -9,6 +10,8 @@ from hbr.imaging import (
     canvas_to_original_xy,
     from_canvas,
     input_to_canvas_xy,
+    input_to_original,
+    place,
     original_to_canvas_xy,
     swap_background,
     to_canvas,
@@ -43,6 +46,19 @@ def test_from_canvas_inverts_to_canvas_for_padded_images():
     assert (from_canvas(canvas, p) == image).all()
     stack = np.stack([canvas, canvas])  # (C, H, W) maps map back together
     assert from_canvas(stack, p).shape == (2, 791, 272)
+
+
+@pytest.mark.parametrize("shape", [(791, 272), (960, 384), (1001, 399), (500, 100)])
+def test_input_to_original_equals_resize_then_uncanvas(shape):
+    """The one-warp mapping of model-input maps gives the pixels of the two-step route,
+    and `fill` where the canvas cropped the original away."""
+    maps = np.random.default_rng(1).random((3, 320, 128)).astype(np.float32)
+    p = place(*shape, 960, 384)
+    canvas = np.stack([cv2.resize(m, (384, 960), interpolation=cv2.INTER_LINEAR) for m in maps])
+    expected = from_canvas(canvas, p, fill=-1.0)
+    got = input_to_original(maps, p, fill=-1.0)
+    assert got.shape == (3, *shape)
+    assert np.allclose(got, expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("xy", [(0.0, 0.0), (100.5, 700.25), (383.0, 959.0)])

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -24,7 +23,7 @@ from hbr.data import PredictionSet, Preprocess, SegmenterSet
 from hbr.errors import HbrError
 from hbr.evaluate import box_iou
 from hbr.files import image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
-from hbr.imaging import from_canvas
+from hbr.imaging import input_to_original
 from hbr.labels import labelme_files, read_labelme
 from hbr.landmarks import HEAD, LANDMARKS, check_landmarks
 from hbr.measure import box_from_mask
@@ -148,12 +147,6 @@ def _train_segmenter(ctx: Context, folder: Path, device) -> Callable[[Path, str]
     return train_into
 
 
-def masks_to_original(prob: np.ndarray, prep: Preprocess, rows: int, cols: int) -> np.ndarray:
-    """(C, input_h, input_w) probabilities -> (C, rows, cols) on the original image."""
-    canvas = np.stack([cv2.resize(p, (prep.canvas_w, prep.canvas_h), interpolation=cv2.INTER_LINEAR) for p in prob])
-    return from_canvas(canvas, prep.placement(rows, cols), fill=0.0)
-
-
 def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: tuple[str, ...], device) -> pd.DataFrame:
     """Write the masks of `wanted` landmarks for a batch of images; one status row per image."""
     prep = Preprocess(**meta["preprocess"])
@@ -164,7 +157,7 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
 
     def write(image_id: str, path: Path, prob: np.ndarray) -> None:
         rows, cols = np.load(path, mmap_mode="r", allow_pickle=False).shape[:2]
-        full = masks_to_original(prob[channels], prep, rows, cols)
+        full = input_to_original(prob[channels], prep.placement(rows, cols))
         for name, mask in zip(wanted, full):
             folder = mask_folder(ctx.workdir, name, bak)
             write_png(folder / f"{image_id}.png", np.round(np.clip(mask, 0, 1) * 255).astype(np.uint8))
