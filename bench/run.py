@@ -108,6 +108,8 @@ def child_stage(result: Path, profile: Optional[Path], script: str, argv: list[s
     module = re.search(r"^from (hbr\.stages\.\w+) import main", (REPO_ROOT / script).read_text(), re.M)
     if module:
         importlib.import_module(module.group(1))
+        if module.group(1) == "hbr.stages.segment":  # hbr.models imports smp only when a segmenter is built
+            importlib.import_module("segmentation_models_pytorch")
     imports = time.perf_counter() - import_start
     rss_imports = _rss_mb()
     sys.argv = [script, *argv]

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import segmentation_models_pytorch as smp
 import torch
 import torchvision
 from torch import nn
@@ -29,7 +28,9 @@ CLASSIFIER_ARCHS = {
     "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights),
     "resnet152": (torchvision.models.resnet152, torchvision.models.ResNet152_Weights),
 }
-SEGMENTER_ARCHS = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus, "fpn": smp.FPN}
+# class names in segmentation_models_pytorch, imported only when a segmenter is built:
+# the classifier stages would otherwise pay for importing smp and timm in every process
+SEGMENTER_ARCHS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus", "fpn": "FPN"}
 SEGMENTER_ENCODERS = tuple(CLASSIFIER_ARCHS)
 
 
@@ -76,7 +77,10 @@ def _build_classifier(arch: str, num_outputs: int, pretrained: bool) -> nn.Modul
 def _build_segmenter(arch: str, encoder: str, classes: int, pretrained: bool) -> nn.Module:
     _choose("segmenter architecture", arch, SEGMENTER_ARCHS)
     _choose("segmenter encoder", encoder, SEGMENTER_ENCODERS)
-    model = SEGMENTER_ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=1, classes=classes)
+    import segmentation_models_pytorch as smp
+
+    network = getattr(smp, SEGMENTER_ARCHS[arch])
+    model = network(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=classes)
     state = _local_imagenet_weights(encoder) if pretrained else None
     if state is not None:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

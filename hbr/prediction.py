@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Optional
 
-import cv2
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hbr.config import RuntimeConfig
 from hbr.devices import autocast, batch_to_device
-
-
-def _single_threaded_worker(_: int) -> None:
-    # A worker is already one of several processes: OpenCV's own thread pool in each
-    # would only compete with the model's threads for the same cores.
-    cv2.setNumThreads(1)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, **kwargs) -> DataLoader:
@@ -26,7 +19,6 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
-        worker_init_fn=_single_threaded_worker if workers > 0 else None,
         **kwargs,
     )
 

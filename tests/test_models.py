@@ -147,3 +147,36 @@ def test_invert_augmentation_shows_the_other_background():
     assert label == 1 and torch.allclose(x, expected, atol=1e-6)
     plain, _ = ClassifierSet([image], [1], prep, None, seed=0)[0]  # validation: never inverted
     assert torch.allclose(plain, prep.to_tensor(image.astype(np.float32) / 255), atol=1e-6)
+
+
+def test_prediction_workers_start_after_opencv_used_its_threads(tmp_path):
+    """`run` mode trains (OpenCV warps with its thread pool) and then predicts with
+    DataLoader workers forked from the same process: the workers must not hang.
+    In a subprocess with a timeout, so a deadlock fails the test instead of the suite."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import cv2, numpy as np, torch
+from hbr.config import RuntimeConfig
+from hbr.data import PredictionSet, Preprocess
+from hbr.files import write_npy
+from hbr.prediction import predict_batches
+import sys
+folder = sys.argv[1]
+cv2.warpAffine(np.zeros((2000, 2000), np.float32), np.eye(2, 3), (2000, 2000))  # starts OpenCV's threads
+paths = []
+for i in range(4):
+    paths.append(f"{folder}/{i}.npy")
+    write_npy(paths[-1], np.full((120, 50), i, np.uint8))
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2))
+out = [o for o, _ in predict_batches(model, PredictionSet(paths, Preprocess(96, 40, 48, 20)), 2, 1,
+                                      torch.device("cpu"), RuntimeConfig(cpu_bf16=False))]
+print(sum(len(o) for o in out))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4"
