@@ -89,8 +89,20 @@ def read_tsv(path: str | Path) -> pd.DataFrame:
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """Hard-link `src` to `dst` (replacing it); copy when linking is impossible."""
+    """Hard-link `src` to `dst` (replacing another file there); copy when linking is impossible.
+
+    A new link appears atomically, so the usual case (nothing at `dst` yet) is a single
+    system call; only another file already at `dst` is replaced through a temporary name.
+    """
     src, dst = Path(src), Path(dst)
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        if os.path.samefile(src, dst):  # linked by an earlier run: the same bytes already
+            return
+    except OSError:
+        pass  # another file system, links not supported, or no folder yet: below
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         tmp.unlink()

@@ -1,0 +1,50 @@
+"""Kept images are hard links of the previous stage's files, never copies."""
+
+from pathlib import Path
+
+import numpy as np
+
+from hbr.files import TMP_PREFIX, image_folders, keep_images, link_or_copy, write_npy, write_png
+
+
+def _stage_images(workdir: Path, prefix: str, ids: list[str]) -> None:
+    npy, png = image_folders(workdir, prefix)
+    for i, image_id in enumerate(ids):
+        image = np.full((4, 3), i, np.uint8)
+        write_npy(npy / f"{image_id}.npy", image)
+        write_png(png / f"{image_id}.png", image)
+
+
+def test_kept_images_are_hard_links_and_mirror_the_decisions(tmp_path: Path):
+    _stage_images(tmp_path, "1_Total_Body", ["a", "b", "c"])
+    keep_images(["a", "c"], "1_Total_Body", "2_class_predicted", tmp_path)
+    src_npy, src_png = image_folders(tmp_path, "1_Total_Body")
+    dst_npy, dst_png = image_folders(tmp_path, "2_class_predicted")
+    for src, dst in ((src_npy / "a.npy", dst_npy / "a.npy"), (src_png / "c.png", dst_png / "c.png")):
+        assert dst.stat().st_ino == src.stat().st_ino, f"{dst} is a copy, not a hard link"
+    assert sorted(p.name for p in dst_npy.iterdir()) == ["a.npy", "c.npy"]
+
+    # a re-run with other decisions: links already there stay, others are added or removed
+    keep_images(["b", "c"], "1_Total_Body", "2_class_predicted", tmp_path)
+    assert sorted(p.name for p in dst_npy.iterdir()) == ["b.npy", "c.npy"]
+    assert sorted(p.name for p in dst_png.iterdir()) == ["b.png", "c.png"]
+    assert (dst_npy / "b.npy").stat().st_ino == (src_npy / "b.npy").stat().st_ino
+
+
+def test_link_replaces_another_file_at_the_destination(tmp_path: Path):
+    src, dst = tmp_path / "new.npy", tmp_path / "out" / "x.npy"
+    src.write_bytes(b"new")
+    dst.parent.mkdir()
+    dst.write_bytes(b"old, from an earlier run")
+    link_or_copy(src, dst)
+    assert dst.read_bytes() == b"new" and dst.stat().st_ino == src.stat().st_ino
+    link_or_copy(src, dst)  # already the same file: nothing to do
+    assert dst.stat().st_nlink == 2
+    assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+
+
+def test_link_creates_the_destination_folder(tmp_path: Path):
+    src = tmp_path / "a.png"
+    src.write_bytes(b"png")
+    link_or_copy(src, tmp_path / "new" / "folder" / "a.png")
+    assert (tmp_path / "new" / "folder" / "a.png").stat().st_ino == src.stat().st_ino
