@@ -95,6 +95,38 @@ def input_to_original(maps: np.ndarray, p: Placement, fill: float = 0.0) -> np.n
     return out
 
 
+def mask_to_original(prob: np.ndarray, p: Placement) -> np.ndarray:
+    """One model-input probability map (in_h, in_w) -> uint8 mask (round(255 x p)) on the original.
+
+    The same pixels as quantising `input_to_original`, but only the region where the map
+    rounds to a non-zero value is warped: a landmark's map is zero almost everywhere, so
+    this is ~20x less work than warping the whole image (stage 7 writes 7 masks an image).
+    """
+    out = np.zeros((p.rows, p.cols), np.uint8)
+    # a bilinear sample of four values that all round to 0 rounds to 0 as well
+    ys, xs = np.nonzero(prob >= 0.5 / 255)
+    if not len(xs):
+        return out
+    in_h, in_w = prob.shape
+    sx, sy = in_w / p.canvas_w, in_h / p.canvas_h
+    off_x, off_y = (p.left + 0.5) * sx - 0.5, (p.top + 0.5) * sy - 0.5
+    # original pixels whose interpolation neighbours can include a non-zero input pixel,
+    # within the part of the original that lies on the canvas (the rest stays 0, as `fill`)
+    _, rows_on = _overlap(p.top, p.rows, p.canvas_h)
+    _, cols_on = _overlap(p.left, p.cols, p.canvas_w)
+    x0 = max(int(np.floor((xs.min() - 1 - off_x) / sx)), cols_on.start)
+    x1 = min(int(np.ceil((xs.max() + 1 - off_x) / sx)) + 1, cols_on.stop)
+    y0 = max(int(np.floor((ys.min() - 1 - off_y) / sy)), rows_on.start)
+    y1 = min(int(np.ceil((ys.max() + 1 - off_y) / sy)) + 1, rows_on.stop)
+    if x0 >= x1 or y0 >= y1:
+        return out
+    to_input = np.array([[sx, 0.0, off_x + sx * x0], [0.0, sy, off_y + sy * y0]])
+    region = cv2.warpAffine(np.ascontiguousarray(prob, dtype=np.float32), to_input, (x1 - x0, y1 - y0),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    out[y0:y1, x0:x1] = np.round(np.clip(region, 0.0, 1.0) * 255)
+    return out
+
+
 def canvas_to_original_xy(x: float, y: float, p: Placement) -> tuple[float, float]:
     """Canvas pixel coordinates -> original-image pixel coordinates."""
     return x - p.left, y - p.top

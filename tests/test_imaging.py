@@ -11,6 +11,7 @@ from hbr.imaging import (
     from_canvas,
     input_to_canvas_xy,
     input_to_original,
+    mask_to_original,
     place,
     original_to_canvas_xy,
     swap_background,
@@ -59,6 +60,32 @@ def test_input_to_original_equals_resize_then_uncanvas(shape):
     got = input_to_original(maps, p, fill=-1.0)
     assert got.shape == (3, *shape)
     assert np.allclose(got, expected, atol=1e-4)
+
+
+def _sparse_maps(in_h: int, in_w: int) -> list[np.ndarray]:
+    """Landmark-like maps: blobs inside, at every edge and corner, faint noise, empty, full."""
+    rng = np.random.default_rng(2)
+    maps = []
+    for cy, cx in [(100, 60), (0, 0), (in_h - 1, in_w - 1), (0, in_w - 1), (in_h // 2, 0), (in_h - 2, 70)]:
+        yy, xx = np.mgrid[0:in_h, 0:in_w]
+        maps.append(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18.0).astype(np.float32))
+    maps.append((rng.random((in_h, in_w)) * 0.0019).astype(np.float32))  # rounds to 0 everywhere
+    maps.append(np.zeros((in_h, in_w), np.float32))
+    maps.append(rng.random((in_h, in_w)).astype(np.float32))
+    return maps
+
+
+@pytest.mark.parametrize("shape", [(791, 272), (960, 384), (1001, 399), (500, 100)])
+def test_mask_to_original_equals_quantised_full_warp(shape):
+    """Warping only the non-zero region gives the uint8 mask of the whole-image warp
+    (within one level: OpenCV rounds sample positions to 1/32 pixel from the region's origin)."""
+    p = place(*shape, 960, 384)
+    for prob in _sparse_maps(320, 128):
+        expected = np.round(np.clip(input_to_original(prob[None], p)[0], 0, 1) * 255).astype(int)
+        got = mask_to_original(prob, p)
+        assert got.dtype == np.uint8 and got.shape == shape
+        assert np.abs(got.astype(int) - expected).max() <= 1
+        assert ((got > 0) == (expected > 0)).mean() > 0.9999
 
 
 @pytest.mark.parametrize("xy", [(0.0, 0.0), (100.5, 700.25), (383.0, 959.0)])

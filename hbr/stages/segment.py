@@ -23,7 +23,7 @@ from hbr.data import PredictionSet, Preprocess, SegmenterSet
 from hbr.errors import HbrError
 from hbr.evaluate import box_iou
 from hbr.files import image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
-from hbr.imaging import input_to_original
+from hbr.imaging import input_to_original, mask_to_original
 from hbr.labels import labelme_files, read_labelme
 from hbr.landmarks import HEAD, LANDMARKS, check_landmarks
 from hbr.measure import box_from_mask
@@ -157,12 +157,12 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
 
     def write(image_id: str, path: Path, prob: np.ndarray) -> None:
         rows, cols = np.load(path, mmap_mode="r", allow_pickle=False).shape[:2]
-        full = input_to_original(prob[channels], prep.placement(rows, cols))
-        for name, mask in zip(wanted, full):
+        placement = prep.placement(rows, cols)
+        for name, c in zip(wanted, channels):
             folder = mask_folder(ctx.workdir, name, bak)
-            write_png(folder / f"{image_id}.png", np.round(np.clip(mask, 0, 1) * 255).astype(np.uint8))
+            write_png(folder / f"{image_id}.png", mask_to_original(prob[c], placement))
             if save_npy:
-                write_npy(folder / f"{image_id}.npy", mask.astype(np.float16))
+                write_npy(folder / f"{image_id}.npy", input_to_original(prob[c : c + 1], placement)[0].astype(np.float16))
 
     rows, pending = [], []
     p = ctx.cfg.predict
