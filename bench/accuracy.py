@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Accuracy of every model against the phantom ground truth, on held-out images (SPEC 7).
 
-    python bench/accuracy.py [--n 300] [--seed 0] [--config configs/demo.yaml]
+    python bench/accuracy.py [--n 600] [--seed 0] [--config configs/demo.yaml]
                              [--workdir DIR] [--device cpu|cuda|auto]
 
 1. Generates a phantom set of --n participants (hbr.phantom.generate; its label files
@@ -144,7 +144,7 @@ def score(workdir: Path, truth: pd.DataFrame) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=300, help="phantom participants (2 Total Body images each)")
+    parser.add_argument("--n", type=int, default=600, help="phantom participants (2 Total Body images each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--workdir", type=Path, default=None,
