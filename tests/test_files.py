@@ -2,9 +2,20 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from hbr.files import TMP_PREFIX, image_folders, keep_images, link_or_copy, write_npy, write_png
+from hbr.files import (
+    IMAGE_PNG,
+    MASK_PNG,
+    TMP_PREFIX,
+    encode_png,
+    image_folders,
+    keep_images,
+    link_or_copy,
+    write_npy,
+    write_png,
+)
 
 
 def _stage_images(workdir: Path, prefix: str, ids: list[str]) -> None:
@@ -48,3 +59,13 @@ def test_link_creates_the_destination_folder(tmp_path: Path):
     src.write_bytes(b"png")
     link_or_copy(src, tmp_path / "new" / "folder" / "a.png")
     assert (tmp_path / "new" / "folder" / "a.png").stat().st_ino == src.stat().st_ino
+
+
+def test_png_settings_are_lossless_for_images_and_masks():
+    rng = np.random.default_rng(0)
+    image16 = rng.integers(0, 65535, (40, 30)).astype(np.uint16)
+    mask = np.zeros((40, 30), np.uint8)
+    mask[5:9, 3:7] = 200
+    for array, params in ((image16, IMAGE_PNG), (image16.astype(np.uint8), IMAGE_PNG), (mask, MASK_PNG)):
+        decoded = cv2.imdecode(np.frombuffer(encode_png(array, params), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.dtype == array.dtype and (decoded == array).all()

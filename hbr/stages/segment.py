@@ -22,7 +22,7 @@ from hbr.cli import Context
 from hbr.data import PredictionSet, Preprocess, SegmenterSet
 from hbr.errors import HbrError
 from hbr.evaluate import box_iou
-from hbr.files import image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
+from hbr.files import MASK_PNG, image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
 from hbr.imaging import input_to_original, mask_to_original
 from hbr.labels import labelme_files, read_labelme
 from hbr.landmarks import HEAD, LANDMARKS, check_landmarks
@@ -160,7 +160,7 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
         placement = prep.placement(rows, cols)
         for name, c in zip(wanted, channels):
             folder = mask_folder(ctx.workdir, name, bak)
-            write_png(folder / f"{image_id}.png", mask_to_original(prob[c], placement))
+            write_png(folder / f"{image_id}.png", mask_to_original(prob[c], placement), MASK_PNG)
             if save_npy:
                 write_npy(folder / f"{image_id}.npy", input_to_original(prob[c : c + 1], placement)[0].astype(np.float16))
 
