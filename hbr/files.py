@@ -10,7 +10,7 @@ import contextlib
 import io
 import json
 import os
-import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -21,26 +21,41 @@ import pandas as pd
 TMP_PREFIX = ".tmp-"
 
 
+def _temporary_name(path: Path) -> Path:
+    """A name beside `path` that no other process or thread writing `path` uses meanwhile."""
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds."""
+    """Yield a temporary path beside `path` (not created); rename it onto `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; collaborators on shared storage must read them
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Atomically write bytes."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Atomically write bytes: to a temporary name, then renamed (3 system calls besides the write)."""
+    path = Path(path)
+    tmp = _temporary_name(path)
+    try:
+        try:
+            out = open(tmp, "wb")
+        except FileNotFoundError:  # the first file of a new folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(tmp, "wb")
+        with out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -110,9 +125,8 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
             return
     except OSError:
         pass  # another file system, links not supported, or no folder yet: below
-    dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)  # left by a killed run of the same process id
         try:
             os.link(src, tmp)
         except OSError:  # other file system, or links not supported

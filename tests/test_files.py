@@ -1,9 +1,10 @@
-"""Kept images are hard links of the previous stage's files, never copies."""
+"""File helpers: kept images are hard links, never copies; writes are atomic; PNGs lossless."""
 
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from hbr.files import (
     IMAGE_PNG,
@@ -13,6 +14,7 @@ from hbr.files import (
     image_folders,
     keep_images,
     link_or_copy,
+    write_bytes,
     write_npy,
     write_png,
 )
@@ -69,3 +71,14 @@ def test_png_settings_are_lossless_for_images_and_masks():
     for array, params in ((image16, IMAGE_PNG), (image16.astype(np.uint8), IMAGE_PNG), (mask, MASK_PNG)):
         decoded = cv2.imdecode(np.frombuffer(encode_png(array, params), np.uint8), cv2.IMREAD_UNCHANGED)
         assert decoded.dtype == array.dtype and (decoded == array).all()
+
+
+def test_atomic_write_makes_its_folder_and_leaves_no_temporary(tmp_path: Path):
+    target = tmp_path / "new" / "table.tsv"
+    write_bytes(target, b"a\tb\n")
+    write_bytes(target, b"c\td\n")  # replaces
+    assert target.read_bytes() == b"c\td\n"
+    with pytest.raises(TypeError):
+        write_bytes(target, "not bytes")  # a failed write keeps the old file and no temporary
+    assert target.read_bytes() == b"c\td\n"
+    assert [p.name for p in target.parent.iterdir()] == ["table.tsv"]
