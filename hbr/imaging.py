@@ -104,7 +104,8 @@ def mask_to_original(prob: np.ndarray, p: Placement) -> np.ndarray:
     """
     out = np.zeros((p.rows, p.cols), np.uint8)
     # a bilinear sample of four values that all round to 0 rounds to 0 as well
-    ys, xs = np.nonzero(prob >= 0.5 / 255)
+    visible = prob >= 0.5 / 255
+    ys, xs = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
     if not len(xs):
         return out
     in_h, in_w = prob.shape
