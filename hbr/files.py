@@ -26,6 +26,14 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
 
 
+def _discard(tmp: Path, path: Path, exc: BaseException) -> None:
+    """Remove a failed write's temporary; an OSError then names the file the user asked for."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+    if isinstance(exc, OSError) and exc.filename == str(tmp):
+        exc.filename = str(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (not created); rename it onto `path` if the block succeeds."""
@@ -35,8 +43,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        _discard(tmp, path, exc)
         raise
 
 
@@ -53,8 +61,8 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         with out:
             out.write(data)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        _discard(tmp, path, exc)
         raise
 
 

@@ -82,3 +82,12 @@ def test_atomic_write_makes_its_folder_and_leaves_no_temporary(tmp_path: Path):
         write_bytes(target, "not bytes")  # a failed write keeps the old file and no temporary
     assert target.read_bytes() == b"c\td\n"
     assert [p.name for p in target.parent.iterdir()] == ["table.tsv"]
+
+
+def test_a_failed_write_names_the_file_asked_for(tmp_path: Path):
+    target = tmp_path / "table.tsv"
+    target.mkdir()  # a folder where the file should go: the rename fails
+    with pytest.raises(OSError) as failure:
+        write_bytes(target, b"x")
+    assert failure.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["table.tsv"]
