@@ -22,8 +22,11 @@ TMP_PREFIX = ".tmp-"
 
 
 def _temporary_name(path: Path) -> Path:
-    """A name beside `path` that no other process or thread writing `path` uses meanwhile."""
-    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
+    """A name beside `path` that no other process or thread writing `path` uses meanwhile.
+
+    Only the end of the file name is kept, so a long name stays within the file system's limit.
+    """
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name[-96:]}")
 
 
 def _discard(tmp: Path, path: Path, exc: BaseException) -> None:

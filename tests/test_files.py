@@ -91,3 +91,9 @@ def test_a_failed_write_names_the_file_asked_for(tmp_path: Path):
         write_bytes(target, b"x")
     assert failure.value.filename == str(target)
     assert [p.name for p in tmp_path.iterdir()] == ["table.tsv"]
+
+
+def test_a_file_name_near_the_length_limit_is_written(tmp_path: Path):
+    target = tmp_path / ("x" * 250 + ".png")
+    write_bytes(target, b"png")
+    assert target.read_bytes() == b"png"
