@@ -52,21 +52,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Atomically write bytes: to a temporary name, then renamed (3 system calls besides the write)."""
-    path = Path(path)
-    tmp = _temporary_name(path)
-    try:
-        try:
-            out = open(tmp, "wb")
-        except FileNotFoundError:  # the first file of a new folder
-            path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(tmp, "wb")
-        with out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _discard(tmp, path, exc)
-        raise
+    """Atomically write bytes."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: str | Path, text: str) -> None:
