@@ -72,6 +72,21 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interp)
 
 
+def _original_to_input(p: Placement, in_h: int, in_w: int) -> tuple[float, float, float, float]:
+    """(sx, sy, off_x, off_y): original (x, y) -> model input (sx * x + off_x, sy * y + off_y),
+    pixel centres aligned as in canvas_to_input_xy."""
+    sx, sy = in_w / p.canvas_w, in_h / p.canvas_h
+    return sx, sy, (p.left + 0.5) * sx - 0.5, (p.top + 0.5) * sy - 0.5
+
+
+def _warp_to_original(m: np.ndarray, p: Placement, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+    """Bilinear samples of one model-input map at the original's pixels x0..x0+width, y0..y0+height."""
+    sx, sy, off_x, off_y = _original_to_input(p, *m.shape)
+    to_input = np.array([[sx, 0.0, off_x + sx * x0], [0.0, sy, off_y + sy * y0]])
+    return cv2.warpAffine(np.ascontiguousarray(m), to_input, (width, height),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
 def input_to_original(maps: np.ndarray, p: Placement, fill: float = 0.0) -> np.ndarray:
     """Model-input-sized float maps (C, in_h, in_w) -> (C, rows, cols) on the original image.
 
@@ -79,13 +94,7 @@ def input_to_original(maps: np.ndarray, p: Placement, fill: float = 0.0) -> np.n
     warp that computes only the original's pixels (4x less work for a 791x272 image);
     pixels the canvas cropped away get `fill`.
     """
-    in_h, in_w = maps.shape[-2:]
-    sx, sy = in_w / p.canvas_w, in_h / p.canvas_h
-    # original (x, y) -> input coordinates, pixel centres aligned as in canvas_to_input_xy
-    to_input = np.array([[sx, 0.0, (p.left + 0.5) * sx - 0.5], [0.0, sy, (p.top + 0.5) * sy - 0.5]])
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    out = np.stack([cv2.warpAffine(np.ascontiguousarray(m), to_input, (p.cols, p.rows), flags=flags,
-                                   borderMode=cv2.BORDER_REPLICATE) for m in maps])
+    out = np.stack([_warp_to_original(m, p, 0, 0, p.cols, p.rows) for m in maps])
     if p.oversize:
         cropped = np.full_like(out, fill)
         _, oy = _overlap(p.top, p.rows, p.canvas_h)
@@ -108,9 +117,7 @@ def mask_to_original(prob: np.ndarray, p: Placement) -> np.ndarray:
     ys, xs = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
     if not len(xs):
         return out
-    in_h, in_w = prob.shape
-    sx, sy = in_w / p.canvas_w, in_h / p.canvas_h
-    off_x, off_y = (p.left + 0.5) * sx - 0.5, (p.top + 0.5) * sy - 0.5
+    sx, sy, off_x, off_y = _original_to_input(p, *prob.shape)
     # original pixels whose interpolation neighbours can include a non-zero input pixel,
     # within the part of the original that lies on the canvas (the rest stays 0, as `fill`)
     _, rows_on = _overlap(p.top, p.rows, p.canvas_h)
@@ -121,9 +128,7 @@ def mask_to_original(prob: np.ndarray, p: Placement) -> np.ndarray:
     y1 = min(int(np.ceil((ys.max() + 1 - off_y) / sy)) + 1, rows_on.stop)
     if x0 >= x1 or y0 >= y1:
         return out
-    to_input = np.array([[sx, 0.0, off_x + sx * x0], [0.0, sy, off_y + sy * y0]])
-    region = cv2.warpAffine(np.ascontiguousarray(prob, dtype=np.float32), to_input, (x1 - x0, y1 - y0),
-                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    region = _warp_to_original(np.asarray(prob, dtype=np.float32), p, x0, y0, x1 - x0, y1 - y0)
     out[y0:y1, x0:x1] = np.round(np.clip(region, 0.0, 1.0) * 255)
     return out
 

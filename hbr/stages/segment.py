@@ -158,11 +158,12 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
     def write(image_id: str, path: Path, prob: np.ndarray) -> None:
         rows, cols = np.load(path, mmap_mode="r", allow_pickle=False).shape[:2]
         placement = prep.placement(rows, cols)
-        for name, c in zip(wanted, channels):
+        full = input_to_original(prob[channels], placement) if save_npy else None
+        for k, (name, c) in enumerate(zip(wanted, channels)):
             folder = mask_folder(ctx.workdir, name, bak)
             write_png(folder / f"{image_id}.png", mask_to_original(prob[c], placement), MASK_PNG)
-            if save_npy:
-                write_npy(folder / f"{image_id}.npy", input_to_original(prob[c : c + 1], placement)[0].astype(np.float16))
+            if full is not None:
+                write_npy(folder / f"{image_id}.npy", full[k].astype(np.float16))
 
     rows, pending = [], []
     p = ctx.cfg.predict
