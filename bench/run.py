@@ -15,8 +15,9 @@
    - seconds and images per second: the stage's main() in the process, after imports
      (Python start-up and imports are printed separately as "process s");
    - share of time outside the model forward pass (model stages): the same checkpoint
-     on random tensors of the stage's batch shapes (same number of images, batch size,
-     autocast and channels_last as hbr.devices), timed in a fresh process just before
+     on random tensors through the stage's own prediction loop (hbr.prediction: same
+     number of images, chunks, batch size, lanes or loader workers, autocast and
+     channels_last) with nothing to read or prepare, timed in a fresh process just before
      and just after each stage run; per timed run, share = 1 - mean of those two forward
      times / stage time, and the median over the runs is reported (goal <= 25 %): the
      machine's speed drifts, so only neighbouring runs are compared;
@@ -137,44 +138,53 @@ def child_stage(result: Path, profile: Optional[Path], script: str, argv: list[s
                                   "self_mb": own, "worker_mb": worker, "imports_mb": rss_imports}))
 
 
+class _RandomInputs:
+    """A dataset of `n` copies of one random input tensor, shaped like the stage's items."""
+
+    def __init__(self, n: int, x):
+        self.n, self.x = n, x
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.x, i, True
+
+
 def child_forward(result: Path, checkpoint: Path, images: int, batch: int, chunk: int, device_name: str,
                   config: Path, overrides: list[str]) -> None:
-    """Time model(x) on random tensors in the stage's batch shapes, as the stage would run it."""
+    """Time the model on random tensors through the stage's own prediction loop (hbr.prediction):
+    the same chunks, batches, lanes or loader workers, autocast and channels_last, but
+    nothing to read or prepare."""
     import torch
 
     from hbr.config import load_config
-    from hbr.devices import autocast, batch_to_device, configure_threads, resolve_device, to_device
+    from hbr.devices import configure_threads, resolve_device, to_device
     from hbr.models import load_checkpoint
+    from hbr.prediction import predict_batches
 
     cfg = load_config(config, overrides)
     configure_threads(cfg.runtime)
     device = resolve_device(device_name)
     model, meta = load_checkpoint(checkpoint)
     model = to_device(model, device, cfg.runtime)
-    model.eval()
     p = meta["preprocess"]
-    sizes = []  # batch sizes of the stage: chunks of `chunk` images, each cut into batches
-    for first in range(0, images, chunk):
-        in_chunk = min(chunk, images - first)
-        sizes += [batch] * (in_chunk // batch) + ([in_chunk % batch] if in_chunk % batch else [])
-    gen = torch.Generator().manual_seed(0)
-    inputs = {b: batch_to_device(torch.randn(b, 1, p["input_h"], p["input_w"], generator=gen), device, cfg.runtime)
-              for b in set(sizes)}
+    x = torch.randn(1, p["input_h"], p["input_w"], generator=torch.Generator().manual_seed(0))
+    chunks = [min(chunk, images - first) for first in range(0, images, chunk)]
+    batches = 0
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    with torch.inference_mode():
-        sync()
-        start, cpu = time.perf_counter(), time.process_time()
-        for b in sizes:
-            with autocast(device, cfg.runtime):
-                out = model(inputs[b])
-            out.float()
-        sync()
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    result.write_text(json.dumps({"seconds": seconds, "cpu_s": cpu, "batches": len(sizes), "threads": torch.get_num_threads()}))
+    sync()
+    start, cpu = time.perf_counter(), _cpu_s()
+    for in_chunk in chunks:
+        for _ in predict_batches(model, _RandomInputs(in_chunk, x), batch, cfg.predict.workers, device, cfg.runtime):
+            batches += 1
+    sync()
+    seconds, cpu = time.perf_counter() - start, _cpu_s() - cpu
+    result.write_text(json.dumps({"seconds": seconds, "cpu_s": cpu, "batches": batches, "threads": torch.get_num_threads()}))
 
 
 def child_main(argv: list[str]) -> None:

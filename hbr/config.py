@@ -245,9 +245,30 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             node = child
         node[keys[-1]] = value
     try:
-        return _build(Config, data)
+        return check_values(_build(Config, data))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+
+
+# The networks shrink their input 32-fold. On CPUs with AMX, bfloat16 training of a ResNet
+# whose deepest feature map is 1 pixel wide or high (e.g. a 64x32 input) gave different
+# weights on every run and sometimes NaN (torch 2.14.1, oneDNN 3.12); 2x2 and larger did not.
+MIN_BF16_INPUT_SIDE = 64
+
+
+def check_values(cfg: Config) -> Config:
+    """Refuse values that parse but cannot work; returns `cfg`."""
+    if cfg.runtime.cpu_bf16:
+        for section in ("classifier", "segmenter"):
+            for side in ("input_height", "input_width"):
+                value = getattr(getattr(cfg, section), side)
+                if value < MIN_BF16_INPUT_SIDE:
+                    raise ConfigError(
+                        f"{section}.{side} = {value}: with runtime.cpu_bf16 each input side must be at least "
+                        f"{MIN_BF16_INPUT_SIDE} (smaller inputs train nondeterministically on some CPUs); "
+                        "use a larger input or runtime.cpu_bf16=false"
+                    )
+    return cfg
 
 
 def config_to_dict(cfg) -> dict:

@@ -49,3 +49,12 @@ def test_frozen_and_round_trip(tmp_path):
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
     assert "runtime.cpu_bf16" in valid_keys()
+
+
+def test_small_bf16_inputs_are_refused_and_fp32_allows_them():
+    """A 1-pixel-wide deepest layer trains nondeterministically in bfloat16 on AMX CPUs."""
+    with pytest.raises(ConfigError, match=r"segmenter.input_width = 32.*at least 64.*cpu_bf16=false"):
+        load_config(None, ["segmenter.input_width=32"])
+    cfg = load_config(None, ["segmenter.input_width=32", "runtime.cpu_bf16=false"])
+    assert cfg.segmenter.input_width == 32
+    assert load_config(None, ["classifier.input_height=64", "classifier.input_width=64"]).classifier.input_width == 64

@@ -100,12 +100,14 @@ def test_training_loop_learns_a_trivial_task():
     rng = np.random.default_rng(0)
     images, labels = [], []
     for i in range(24):
-        img = rng.integers(0, 30, (64, 32)).astype(np.uint8)
+        img = rng.integers(0, 30, (64, 64)).astype(np.uint8)
         if i % 2:
             img[5:20, 8:24] = 240
         images.append(img)
         labels.append(i % 2)
-    prep = Preprocess(64, 32, 64, 32)
+    # 64x64: a 64x32 input (1-pixel-wide deepest layer) trains nondeterministically in
+    # bfloat16 on CPUs with AMX (see hbr.config.MIN_BF16_INPUT_SIDE)
+    prep = Preprocess(64, 64, 64, 64)
     from hbr.stages.classify import ClassifierObjective
 
     torch.manual_seed(0)
@@ -180,3 +182,29 @@ print(sum(len(o) for o in out))
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "4"
+
+
+def test_cpu_lanes_give_the_batches_of_one_loop_in_order():
+    """workers=0 on a CPU predicts in lanes (threads): same outputs, same order, all items once."""
+    from hbr.prediction import CPU_LANES, predict_batches
+
+    torch.manual_seed(0)
+    model = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2}).eval()
+    x = torch.randn(11, 1, 64, 64)
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i], i
+
+    runtime = RuntimeConfig(cpu_bf16=False)
+    got = list(predict_batches(model, Items(), 2, 0, torch.device("cpu"), runtime))
+    assert len(got) == 6 > CPU_LANES + 1  # more batches than lanes: results wait in order
+    assert torch.cat([rest[0] for _, rest in got]).tolist() == list(range(11))
+    with torch.no_grad():
+        expected = torch.cat([model(x[i : i + 2]) for i in range(0, 11, 2)])
+    assert torch.equal(torch.cat([out for out, _ in got]), expected)
+    first = next(iter(predict_batches(model, Items(), 2, 0, torch.device("cpu"), runtime)))  # stopped early
+    assert first[1][0].tolist() == [0, 1]
