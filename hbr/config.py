@@ -96,6 +96,7 @@ class SegmenterConfig:
     point_weight: float = 10.0  # BCE weight of point channels
     point_bias: float = -2.2  # initial output bias of point channels
     threshold: float = 0.5  # mask probability threshold in stage 8
+    mask_floor: float = 0.01  # probabilities under this are saved as 0 in the PNG masks
     save_npy: bool = False  # also save float masks as .npy
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=4))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5))
@@ -258,6 +259,10 @@ MIN_BF16_INPUT_SIDE = 64
 
 def check_values(cfg: Config) -> Config:
     """Refuse values that parse but cannot work; returns `cfg`."""
+    s = cfg.segmenter
+    if not 0.0 <= s.mask_floor <= s.threshold:
+        raise ConfigError(f"segmenter.mask_floor = {s.mask_floor}: must be between 0 and segmenter.threshold "
+                          f"({s.threshold}), or stage 8 would miss mask pixels")
     if cfg.runtime.cpu_bf16:
         for section in ("classifier", "segmenter"):
             for side in ("input_height", "input_width"):

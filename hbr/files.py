@@ -10,13 +10,15 @@ import contextlib
 import io
 import json
 import os
+import struct
 import threading
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
+from isal import isal_zlib
 
 TMP_PREFIX = ".tmp-"
 
@@ -74,24 +76,46 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-# PNG row filters, chosen by measurement on the real example scans: "up" makes DXA images
-# 25 % smaller than OpenCV's default ("sub") in the same time; masks (zero almost
-# everywhere) encode a third faster and smaller with no filter at all.
-IMAGE_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
-MASK_PNG = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE)
+# PNG is written here rather than by cv2.imencode, which spends most of its time in zlib:
+# ISA-L's deflate (python-isal) encodes a real DXA image 3.6x faster (0.40 vs 1.44 ms) and
+# a landmark mask ~8x faster, in a file up to ~17 % larger. Row filters, chosen by
+# measurement: "up" (each byte minus the one above) for DXA images, none for masks, which
+# are zero almost everywhere.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROW_FILTERS = {"none": 0, "up": 2}
+PNG_DEFLATE_LEVEL = 1  # ISA-L levels 0-3: 1 is as fast as 0 and a fifth smaller
+_COLOUR_TYPES = {2: 0, 3: 2}  # array dimensions -> PNG colour type (grey, RGB)
 
 
-def encode_png(image: np.ndarray, params: Sequence[int] = IMAGE_PNG) -> bytes:
-    """PNG bytes of a uint8 (or uint16) grey image; `params` are OpenCV's imwrite flags."""
-    ok, buf = cv2.imencode(".png", image, list(params))
-    if not ok:
-        raise ValueError(f"cannot encode image of shape {image.shape} as PNG")
-    return buf.tobytes()
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def write_png(path: str | Path, image: np.ndarray, params: Sequence[int] = IMAGE_PNG) -> None:
-    """Atomically save a grey image as PNG (MASK_PNG for masks)."""
-    write_bytes(path, encode_png(image, params))
+def encode_png(image: np.ndarray, row_filter: str = "up") -> bytes:
+    """PNG bytes of a grey (H, W) or OpenCV-ordered BGR (H, W, 3) image of uint8 or uint16."""
+    if (image.dtype not in (np.uint8, np.uint16) or image.ndim not in _COLOUR_TYPES or image.size == 0
+            or (image.ndim == 3 and image.shape[2] != 3)):
+        raise ValueError(f"cannot encode an image of shape {image.shape} and type {image.dtype} as PNG")
+    height, width = image.shape[:2]
+    if image.ndim == 3:
+        image = image[..., ::-1]  # PNG stores RGB
+    # PNG samples are big-endian; filters work on the bytes of a row
+    rows = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder(">")).view(np.uint8).reshape(height, -1)
+    scanlines = np.empty((height, rows.shape[1] + 1), np.uint8)
+    scanlines[:, 0] = ROW_FILTERS[row_filter]
+    if row_filter == "up":  # the first row's "row above" is zeros; uint8 differences wrap modulo 256 as PNG's
+        scanlines[0, 1:] = rows[0]
+        np.subtract(rows[1:], rows[:-1], out=scanlines[1:, 1:])
+    else:
+        scanlines[:, 1:] = rows
+    header = struct.pack(">IIBBBBB", width, height, 8 * image.itemsize, _COLOUR_TYPES[image.ndim], 0, 0, 0)
+    pixels = isal_zlib.compress(scanlines, PNG_DEFLATE_LEVEL)
+    return b"".join((PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", pixels), _png_chunk(b"IEND", b"")))
+
+
+def write_png(path: str | Path, image: np.ndarray, row_filter: str = "up") -> None:
+    """Atomically save an image as PNG (`row_filter` "none" for masks, see encode_png)."""
+    write_bytes(path, encode_png(image, row_filter))
 
 
 def read_npy(path: str | Path) -> np.ndarray:

@@ -104,21 +104,24 @@ def input_to_original(maps: np.ndarray, p: Placement, fill: float = 0.0) -> np.n
     return out
 
 
-def mask_to_original(prob: np.ndarray, p: Placement) -> np.ndarray:
+def mask_to_original(prob: np.ndarray, p: Placement, floor: float = 0.0) -> np.ndarray:
     """One model-input probability map (in_h, in_w) -> uint8 mask (round(255 x p)) on the original.
 
-    The same pixels as quantising `input_to_original`, but only the region where the map
-    rounds to a non-zero value is warped: a landmark's map is zero almost everywhere, so
-    this is ~20x less work than warping the whole image (stage 7 writes 7 masks an image).
+    Probabilities under `floor` are stored as 0. Otherwise the same pixels as quantising
+    `input_to_original`, but only the region where the map reaches max(floor, 0.5/255)
+    is warped: a landmark's map is near zero almost everywhere, so this is far less work
+    than warping the whole image (stage 7 writes 7 masks an image).
     """
     out = np.zeros((p.rows, p.cols), np.uint8)
-    # a bilinear sample of four values that all round to 0 rounds to 0 as well
-    visible = prob >= 0.5 / 255
+    # a bilinear sample is a weighted mean of four input pixels: it reaches `low` only
+    # next to an input pixel that does
+    low = max(floor, 0.5 / 255)
+    visible = prob >= low
     ys, xs = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
     if not len(xs):
         return out
     sx, sy, off_x, off_y = _original_to_input(p, *prob.shape)
-    # original pixels whose interpolation neighbours can include a non-zero input pixel,
+    # original pixels whose interpolation neighbours can include a visible input pixel,
     # within the part of the original that lies on the canvas (the rest stays 0, as `fill`)
     _, rows_on = _overlap(p.top, p.rows, p.canvas_h)
     _, cols_on = _overlap(p.left, p.cols, p.canvas_w)
@@ -129,7 +132,10 @@ def mask_to_original(prob: np.ndarray, p: Placement) -> np.ndarray:
     if x0 >= x1 or y0 >= y1:
         return out
     region = _warp_to_original(np.asarray(prob, dtype=np.float32), p, x0, y0, x1 - x0, y1 - y0)
-    out[y0:y1, x0:x1] = np.round(np.clip(region, 0.0, 1.0) * 255)
+    values = np.round(np.clip(region, 0.0, 1.0) * 255)
+    if floor > 0:
+        values[region < floor] = 0
+    out[y0:y1, x0:x1] = values
     return out
 
 

@@ -6,15 +6,17 @@ whole batches. Preparing an image (read, pad, resize) is single-threaded NumPy a
 OpenCV work; in one loop it leaves the other cores idle between forward passes, in two
 lanes it overlaps the other lane's forward pass. On 2 cores, 1,000 images of stage 2 took
 3.1-3.6 s in lanes against 4.5-5.1 s in one loop, and 2.8-4.0 s for the forward passes
-alone. Lanes keep the configured torch thread count: changing it after a model has run
-gave wrong (NaN) outputs with bfloat16 on the CPU.
+alone. Each lane's forward pass uses the configured torch threads (giving each lane a
+share instead was no faster). A batch's CPU work after the model (`finish`, e.g. writing
+masks) runs in its lane too, so no further threads compete for the cores.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Optional, Sequence
+from functools import partial
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -23,6 +25,7 @@ from hbr.config import RuntimeConfig
 from hbr.devices import autocast, batch_to_device
 
 CPU_LANES = 2  # each lane holds one batch in memory
+FINISH_THREADS = 2  # `finish` threads beside a GPU or loader workers
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, **kwargs) -> DataLoader:
@@ -38,36 +41,34 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
 
 
 def _forward(model, batch: Sequence, device, runtime, postprocess) -> tuple[torch.Tensor, list]:
-    """One collated batch through the model: (outputs on the CPU as float32, the other fields)."""
+    """One collated batch through the model: (contiguous float32 outputs on the CPU, the other fields)."""
     x, rest = batch[0], list(batch[1:])
-    # no_grad and autocast are per thread, so each lane enters them itself (no_grad, not
-    # inference mode: in a lane thread between training epochs, inference mode gave NaNs)
-    with torch.no_grad(), autocast(device, runtime):
+    # inference mode and autocast are per thread, so each lane enters them itself
+    with torch.inference_mode(), autocast(device, runtime):
         out = model(batch_to_device(x, device, runtime))
-    with torch.no_grad():
+    with torch.inference_mode():
         out = out.float()
         if postprocess is not None:
             out = postprocess(out)
-        return out.cpu(), rest
+        # channels_last outputs (segmenter maps) become plain (N, C, H, W) arrays: the
+        # consumers read one channel at a time
+        return out.cpu().contiguous(), rest
 
 
-def _batches_in_lanes(model, dataset, batch_size, device, runtime, postprocess) -> Iterator[tuple[torch.Tensor, list]]:
-
-    def run(start: int):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        return _forward(model, default_collate(items), device, runtime, postprocess)
-
-    with ThreadPoolExecutor(max_workers=CPU_LANES, thread_name_prefix="hbr-lane") as pool:
+def _in_order(jobs: Iterator[Callable[[], Any]], threads: int, name: str) -> Iterator[Any]:
+    """Run `jobs` in `threads` threads and yield their results in order, one job waiting
+    per thread at most (memory stays bounded)."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
         in_flight = deque()
         try:
-            for start in range(0, len(dataset), batch_size):
-                in_flight.append(pool.submit(run, start))
-                if len(in_flight) > CPU_LANES:  # one batch waiting per lane at most: memory stays bounded
+            for job in jobs:
+                in_flight.append(pool.submit(job))
+                if len(in_flight) > threads:
                     yield in_flight.popleft().result()
             while in_flight:
                 yield in_flight.popleft().result()
         finally:
-            for job in in_flight:  # the consumer stopped early or a batch failed: start nothing more
+            for job in in_flight:  # the consumer stopped early or a job failed: start nothing more
                 job.cancel()
 
 
@@ -79,17 +80,32 @@ def predict_batches(
     device: torch.device,
     runtime: RuntimeConfig,
     postprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-) -> Iterator[tuple[torch.Tensor, list]]:
-    """Yield (outputs on the CPU as float32, the batch's other fields) for every batch, in order.
+    finish: Optional[Callable[[torch.Tensor, list], Any]] = None,
+) -> Iterator[Any]:
+    """For every batch, in order, yield finish(outputs, other fields), or (outputs, other
+    fields) without `finish`; outputs are contiguous float32 tensors on the CPU.
 
     The dataset yields tuples whose first item is the input tensor. `postprocess`
     (e.g. softmax) runs on the device before the copy back, so less data moves.
+    `finish` is the batch's CPU work after the model (e.g. writing masks): it runs in
+    the batch's lane on a CPU, and in threads beside the next forward pass otherwise.
     With `workers` = 0 on a CPU the batches run in lanes (see the module docstring);
     the outputs are the same, bit for bit, and in the same order either way.
     """
     model.eval()
+    done = finish or (lambda out, rest: (out, rest))
     if device.type == "cpu" and workers == 0:
-        yield from _batches_in_lanes(model, dataset, batch_size, device, runtime, postprocess)
+
+        def lane(start: int):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            return done(*_forward(model, default_collate(items), device, runtime, postprocess))
+
+        starts = range(0, len(dataset), batch_size)
+        yield from _in_order((partial(lane, start) for start in starts), CPU_LANES, "hbr-lane")
         return
-    for batch in make_loader(dataset, batch_size, workers, device, shuffle=False):
-        yield _forward(model, batch, device, runtime, postprocess)
+    batches = make_loader(dataset, batch_size, workers, device, shuffle=False)
+    predicted = (_forward(model, batch, device, runtime, postprocess) for batch in batches)
+    if finish is None:
+        yield from predicted
+    else:
+        yield from _in_order((partial(finish, *result) for result in predicted), FINISH_THREADS, "hbr-finish")

@@ -1,5 +1,6 @@
 """File helpers: kept images are hard links, never copies; writes are atomic; PNGs lossless."""
 
+import io
 from pathlib import Path
 
 import cv2
@@ -7,8 +8,6 @@ import numpy as np
 import pytest
 
 from hbr.files import (
-    IMAGE_PNG,
-    MASK_PNG,
     TMP_PREFIX,
     encode_png,
     image_folders,
@@ -63,14 +62,30 @@ def test_link_creates_the_destination_folder(tmp_path: Path):
     assert (tmp_path / "new" / "folder" / "a.png").stat().st_ino == src.stat().st_ino
 
 
-def test_png_settings_are_lossless_for_images_and_masks():
+@pytest.mark.parametrize("row_filter", ["up", "none"])
+def test_png_is_lossless_and_read_alike_by_opencv_and_pillow(row_filter):
+    """Our PNG writer: 8- and 16-bit grey and BGR colour, odd sizes, wrapping differences."""
+    from PIL import Image
+
     rng = np.random.default_rng(0)
-    image16 = rng.integers(0, 65535, (40, 30)).astype(np.uint16)
+    image16 = rng.integers(0, 65535, (41, 29)).astype(np.uint16)
     mask = np.zeros((40, 30), np.uint8)
     mask[5:9, 3:7] = 200
-    for array, params in ((image16, IMAGE_PNG), (image16.astype(np.uint8), IMAGE_PNG), (mask, MASK_PNG)):
-        decoded = cv2.imdecode(np.frombuffer(encode_png(array, params), np.uint8), cv2.IMREAD_UNCHANGED)
-        assert decoded.dtype == array.dtype and (decoded == array).all()
+    colour = rng.integers(0, 255, (7, 5, 3)).astype(np.uint8)
+    for array in (image16, image16.astype(np.uint8), mask, colour, np.full((1, 1), 65535, np.uint16)):
+        data = encode_png(array, row_filter)
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.dtype == array.dtype and decoded.shape == array.shape and (decoded == array).all()
+        with Image.open(io.BytesIO(data)) as pil:
+            pil.load()  # checks the CRCs and the zlib stream
+            rgb = np.asarray(pil)
+        assert (rgb == (array[..., ::-1] if array.ndim == 3 else array)).all()
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 4), np.uint8), np.zeros((3, 3), np.float32), np.zeros((3, 3, 2), np.uint8)])
+def test_png_refuses_what_it_cannot_store(bad):
+    with pytest.raises(ValueError, match="cannot encode"):
+        encode_png(bad)
 
 
 def test_atomic_write_makes_its_folder_and_leaves_no_temporary(tmp_path: Path):

@@ -88,6 +88,20 @@ def test_mask_to_original_equals_quantised_full_warp(shape):
         assert ((got > 0) == (expected > 0)).mean() > 0.9999
 
 
+@pytest.mark.parametrize("shape", [(791, 272), (1001, 399)])
+@pytest.mark.parametrize("floor", [0.01, 0.3])
+def test_mask_floor_zeroes_only_the_probabilities_under_it(shape, floor):
+    p = place(*shape, 960, 384)
+    noisy = [m + np.float32(0.004) for m in _sparse_maps(320, 128)]  # a background that rounds to 1
+    for prob in _sparse_maps(320, 128) + noisy:
+        full = np.clip(input_to_original(prob[None], p)[0], 0, 1)
+        expected = np.where(full < floor, 0, np.round(full * 255)).astype(int)
+        got = mask_to_original(prob, p, floor).astype(int)
+        assert np.abs(got - expected).max() <= 1
+        assert ((got > 0) == (expected > 0)).mean() > 0.999
+        assert got[(got > 0)].min(initial=255) >= np.floor(floor * 255)
+
+
 @pytest.mark.parametrize("xy", [(0.0, 0.0), (100.5, 700.25), (383.0, 959.0)])
 def test_input_canvas_round_trip(xy):
     _, p = to_canvas(np.zeros((791, 272), np.uint8), 960, 384)

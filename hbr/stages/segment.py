@@ -8,7 +8,6 @@ saved as a uint8 PNG (probability x 255) in 7_segment_predicted_{landmark}_{bak}
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +21,7 @@ from hbr.cli import Context
 from hbr.data import PredictionSet, Preprocess, SegmenterSet
 from hbr.errors import HbrError
 from hbr.evaluate import box_iou
-from hbr.files import MASK_PNG, image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
+from hbr.files import image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
 from hbr.imaging import input_to_original, mask_to_original
 from hbr.labels import labelme_files, read_labelme
 from hbr.landmarks import HEAD, LANDMARKS, check_landmarks
@@ -153,7 +152,7 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
     channels = [meta["task"]["landmarks"].index(n) for n in wanted]
     npy_dir, _ = image_folders(ctx.workdir, input_prefix(bak))
     paths = [npy_dir / f"{i}.npy" for i in ids]
-    save_npy = ctx.cfg.segmenter.save_npy
+    save_npy, floor = ctx.cfg.segmenter.save_npy, ctx.cfg.segmenter.mask_floor
 
     def write(image_id: str, path: Path, prob: np.ndarray) -> None:
         rows, cols = np.load(path, mmap_mode="r", allow_pickle=False).shape[:2]
@@ -161,24 +160,24 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
         full = input_to_original(prob[channels], placement) if save_npy else None
         for k, (name, c) in enumerate(zip(wanted, channels)):
             folder = mask_folder(ctx.workdir, name, bak)
-            write_png(folder / f"{image_id}.png", mask_to_original(prob[c], placement), MASK_PNG)
+            write_png(folder / f"{image_id}.png", mask_to_original(prob[c], placement, floor), row_filter="none")
             if full is not None:
                 write_npy(folder / f"{image_id}.npy", full[k].astype(np.float16))
 
-    rows, pending = [], []
+    def write_batch(probs: torch.Tensor, fields: list) -> list[dict]:
+        index, ok = fields
+        rows = []
+        for prob, i, good in zip(probs.numpy(), index.tolist(), ok.tolist()):
+            if good:
+                write(ids[i], paths[i], prob)
+            rows.append({"Image": ids[i], "status": "ok" if good else "unreadable image"})
+        return rows
+
+    rows = []
     p = ctx.cfg.predict
-    # mask writing runs in threads (OpenCV releases the GIL) while the next batch is predicted
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for probs, (index, ok) in predict_batches(
-            model, PredictionSet(paths, prep), p.batch_size, p.workers, device, ctx.cfg.runtime,
-            postprocess=torch.sigmoid,
-        ):
-            for prob, i, good in zip(probs.numpy(), index.tolist(), ok.tolist()):
-                if good:
-                    pending.append(pool.submit(write, ids[i], paths[i], prob))
-                rows.append({"Image": ids[i], "status": "ok" if good else "unreadable image"})
-        for job in pending:
-            job.result()
+    for batch_rows in predict_batches(model, PredictionSet(paths, prep), p.batch_size, p.workers, device,
+                                      ctx.cfg.runtime, postprocess=torch.sigmoid, finish=write_batch):
+        rows += batch_rows
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -204,7 +203,7 @@ def run(ctx: Context) -> None:
     if loaded is None:
         return
     model, meta = loaded
-    version = f"{meta['config_hash']}-{'-'.join(wanted)}-{int(s.save_npy)}"
+    version = f"{meta['config_hash']}-{'-'.join(wanted)}-{int(s.save_npy)}-{s.mask_floor}"
     table = run_chunks(
         ids, ctx.workdir / ".state" / f"{STAGE}_{bak}", version, ctx.cfg.predict.chunk_size,
         lambda chunk: segment_images(model, meta, ctx, bak, chunk, wanted, device), desc=f"{STAGE} {bak}",
