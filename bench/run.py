@@ -141,14 +141,14 @@ def child_stage(result: Path, profile: Optional[Path], script: str, argv: list[s
 class _RandomInputs:
     """A dataset of `n` copies of one random input tensor, shaped like the stage's items."""
 
-    def __init__(self, n: int, x):
-        self.n, self.x = n, x
+    def __init__(self, n: int, x, shape):
+        self.n, self.x, self.shape = n, x, shape
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int):
-        return self.x, i, True
+        return self.x, i, True, self.shape
 
 
 def child_forward(result: Path, checkpoint: Path, images: int, batch: int, chunk: int, device_name: str,
@@ -170,6 +170,7 @@ def child_forward(result: Path, checkpoint: Path, images: int, batch: int, chunk
     model = to_device(model, device, cfg.runtime)
     p = meta["preprocess"]
     x = torch.randn(1, p["input_h"], p["input_w"], generator=torch.Generator().manual_seed(0))
+    shape = torch.tensor([791, 272])  # an original image's (rows, cols), as hbr.data.PredictionSet gives
     chunks = [min(chunk, images - first) for first in range(0, images, chunk)]
     batches = 0
 
@@ -180,7 +181,7 @@ def child_forward(result: Path, checkpoint: Path, images: int, batch: int, chunk
     sync()
     start, cpu = time.perf_counter(), _cpu_s()
     for in_chunk in chunks:
-        for _ in predict_batches(model, _RandomInputs(in_chunk, x), batch, cfg.predict.workers, device, cfg.runtime):
+        for _ in predict_batches(model, _RandomInputs(in_chunk, x, shape), batch, cfg.predict.workers, device, cfg.runtime):
             batches += 1
     sync()
     seconds, cpu = time.perf_counter() - start, _cpu_s() - cpu
@@ -522,7 +523,8 @@ def report_timed(plan: list[Stage], per_image: float, n_images: int) -> None:
               f"{s['pss_mb']:6.0f} {per / 1024:7.1f} {per / per_image:10.3f} {s['process_s']:9.2f}")
     print(f"goal: outside the forward pass <= {100 * GOAL_OVERHEAD:.0f} % of a model stage's time (SPEC 7).")
     print("  s = fastest timed stage run (its main(), after imports); fwd s = median of the same model on random "
-          "tensors of the stage's batch shapes in a fresh process, run before and after each stage run; "
+          "tensors through the stage's own prediction loop (lanes or workers, chunks, batches) in a fresh process, "
+          "run before and after each stage run; "
           "outside fwd = median over the timed stage runs of 1 - (forward before + forward after) / 2 / stage run. "
           "CPU s, fwd CPU, outside (CPU): the same with CPU seconds (all threads and worker processes). "
           "process s = whole stage process with Python start-up and imports.")

@@ -61,7 +61,10 @@ class Preprocess:
 
 
 class PredictionSet(Dataset):
-    """Images to predict, read from .npy; an unreadable file yields zeros and ok=False."""
+    """Images to predict, read from .npy: (input tensor, index, ok, original (rows, cols)).
+
+    An unreadable file yields zeros, ok=False and shape (0, 0).
+    """
 
     def __init__(self, paths: Sequence[Path], prep: Preprocess):
         self.paths = list(paths)
@@ -72,12 +75,12 @@ class PredictionSet(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            x = self.prep.input_image(read_npy(self.paths[i]))
-            ok = True
+            image = read_npy(self.paths[i])
+            x, ok, shape = self.prep.input_image(image), True, image.shape[:2]
         except (OSError, ValueError) as exc:
             print(f"{self.paths[i]}: cannot read image ({exc})")
-            x, ok = np.zeros((self.prep.input_h, self.prep.input_w), np.float32), False
-        return self.prep.to_tensor(x.astype(np.float32)), i, ok
+            x, ok, shape = np.zeros((self.prep.input_h, self.prep.input_w), np.float32), False, (0, 0)
+        return self.prep.to_tensor(x.astype(np.float32)), i, ok, torch.tensor(shape)
 
 
 class _TrainSet(Dataset):

@@ -44,9 +44,9 @@ def _forward(model, batch: Sequence, device, runtime, postprocess) -> tuple[torc
     """One collated batch through the model: (contiguous float32 outputs on the CPU, the other fields)."""
     x, rest = batch[0], list(batch[1:])
     # inference mode and autocast are per thread, so each lane enters them itself
-    with torch.inference_mode(), autocast(device, runtime):
-        out = model(batch_to_device(x, device, runtime))
     with torch.inference_mode():
+        with autocast(device, runtime):
+            out = model(batch_to_device(x, device, runtime))
         out = out.float()
         if postprocess is not None:
             out = postprocess(out)

@@ -218,7 +218,7 @@ def classify_images(model, meta, npy_dir: Path, ids: list[str], task: Classifier
     dataset = PredictionSet([npy_dir / f"{i}.npy" for i in ids], prep)
     rows = []
     p = ctx.cfg.predict
-    for probs, (index, ok) in predict_batches(
+    for probs, (index, ok, _) in predict_batches(
         model, dataset, p.batch_size, p.workers, device, ctx.cfg.runtime, postprocess=lambda o: o.softmax(1)[:, 1]
     ):
         for prob, i, good in zip(probs.tolist(), index.tolist(), ok.tolist()):

@@ -154,9 +154,8 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
     paths = [npy_dir / f"{i}.npy" for i in ids]
     save_npy, floor = ctx.cfg.segmenter.save_npy, ctx.cfg.segmenter.mask_floor
 
-    def write(image_id: str, path: Path, prob: np.ndarray) -> None:
-        rows, cols = np.load(path, mmap_mode="r", allow_pickle=False).shape[:2]
-        placement = prep.placement(rows, cols)
+    def write(image_id: str, shape: list[int], prob: np.ndarray) -> None:
+        placement = prep.placement(*shape)
         full = input_to_original(prob[channels], placement) if save_npy else None
         for k, (name, c) in enumerate(zip(wanted, channels)):
             folder = mask_folder(ctx.workdir, name, bak)
@@ -165,11 +164,11 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
                 write_npy(folder / f"{image_id}.npy", full[k].astype(np.float16))
 
     def write_batch(probs: torch.Tensor, fields: list) -> list[dict]:
-        index, ok = fields
+        index, ok, shapes = fields
         rows = []
-        for prob, i, good in zip(probs.numpy(), index.tolist(), ok.tolist()):
+        for prob, i, good, shape in zip(probs.numpy(), index.tolist(), ok.tolist(), shapes.tolist()):
             if good:
-                write(ids[i], paths[i], prob)
+                write(ids[i], shape, prob)
             rows.append({"Image": ids[i], "status": "ok" if good else "unreadable image"})
         return rows
 
