@@ -80,7 +80,7 @@ class PredictionSet(Dataset):
         except (OSError, ValueError) as exc:
             print(f"{self.paths[i]}: cannot read image ({exc})")
             x, ok, shape = np.zeros((self.prep.input_h, self.prep.input_w), np.float32), False, (0, 0)
-        return self.prep.to_tensor(x.astype(np.float32)), i, ok, torch.tensor(shape)
+        return self.prep.to_tensor(x.astype(np.float32, copy=False)), i, ok, torch.tensor(shape)
 
 
 class _TrainSet(Dataset):

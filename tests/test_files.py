@@ -13,6 +13,7 @@ from hbr.files import (
     image_folders,
     keep_images,
     link_or_copy,
+    read_npy,
     write_bytes,
     write_npy,
     write_png,
@@ -112,3 +113,34 @@ def test_a_file_name_near_the_length_limit_is_written(tmp_path: Path):
     target = tmp_path / ("x" * 250 + ".png")
     write_bytes(target, b"png")
     assert target.read_bytes() == b"png"
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(791 * 272, dtype=np.uint32).reshape(791, 272).astype(np.uint8),
+        np.arange(12, dtype=">u2").reshape(3, 4),
+        np.arange(5, dtype=np.float32),
+        np.array(3.0),
+        np.zeros((0, 4), np.uint16),
+        np.ones((2, 3, 4), bool),
+        np.asfortranarray(np.arange(6).reshape(2, 3)),  # read by np.load
+        np.zeros(2, dtype=[("a", "<i4")]),  # read by np.load
+    ],
+)
+def test_read_npy_gives_what_np_save_wrote(tmp_path: Path, array):
+    path = tmp_path / "a.npy"
+    np.save(path, array)
+    got = read_npy(path)
+    assert got.dtype == array.dtype and got.shape == array.shape and got.flags.writeable
+    np.testing.assert_array_equal(got, array)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "too long", "not npy", "empty"])
+def test_read_npy_names_a_damaged_file(tmp_path: Path, damage):
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((10, 10), np.uint8))
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[:-5], "too long": data + b"x", "not npy": b"garbage" * 10, "empty": b""}[damage])
+    with pytest.raises(ValueError, match=str(path)):
+        read_npy(path)

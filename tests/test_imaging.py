@@ -12,7 +12,9 @@ from hbr.imaging import (
     input_to_canvas_xy,
     input_to_original,
     mask_to_original,
+    model_input,
     place,
+    resize,
     original_to_canvas_xy,
     swap_background,
     to_canvas,
@@ -47,6 +49,22 @@ def test_from_canvas_inverts_to_canvas_for_padded_images():
     assert (from_canvas(canvas, p) == image).all()
     stack = np.stack([canvas, canvas])  # (C, H, W) maps map back together
     assert from_canvas(stack, p).shape == (2, 791, 272)
+
+
+@pytest.mark.parametrize("input_size", [(192, 80), (320, 128), (240, 96), (300, 100), (960, 384), (1000, 400)])
+@pytest.mark.parametrize("shape", [(791, 272), (1024, 416), (959, 383), (3, 700), (1, 1)])
+@pytest.mark.parametrize("dtype, corner", [(np.uint8, 0), (np.uint8, 7), (np.uint8, 252), (np.uint16, 1000)])
+def test_model_input_equals_resizing_the_whole_canvas(input_size, shape, dtype, corner):
+    """Resizing only the original's part of the canvas gives the full canvas resize, bit for bit
+    (a float32 area resize of a constant is not always that constant: corners 7 and 1000)."""
+    image = np.random.default_rng(2).integers(0, 256 if dtype == np.uint8 else 4096, shape).astype(dtype)
+    image[0, 0] = corner
+    canvas, _ = to_canvas(image, 960, 384)
+    expected = resize(canvas.astype(np.float32), *input_size)
+    got, p = model_input(image, 960, 384, *input_size)
+    assert p == place(*shape, 960, 384)
+    assert got.dtype == np.float32 and got.shape == input_size
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("shape", [(791, 272), (960, 384), (1001, 399), (500, 100)])
