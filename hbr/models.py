@@ -135,6 +135,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network a checkpoint describes and load its weights (eval mode)."""
     ckpt = read_checkpoint(path)
+    return model_from_checkpoint(ckpt, path), checkpoint_meta(ckpt)
+
+
+def checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Everything a read checkpoint holds but the weights."""
+    return {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> nn.Module:
+    """The network of a read checkpoint (see read_checkpoint) with its weights, in eval mode."""
     with torch.device("meta"):  # no random initialisation (~0.25 s a stage for resnet18): the file has the weights
         model = create_model(ckpt["spec"])
     try:
@@ -143,6 +153,4 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise HbrError(f"{path}: weights do not fit the stored architecture ({str(exc)[:120]})") from None
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise HbrError(f"{path}: the file lacks some of the architecture's weights")
-    model.eval()
-    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    return model, meta
+    return model.eval()

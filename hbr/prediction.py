@@ -14,9 +14,9 @@ masks) runs in its lane too, so no further threads compete for the cores.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -41,7 +41,10 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
 
 
 def _forward(model, batch: Sequence, device, runtime, postprocess) -> tuple[torch.Tensor, list]:
-    """One collated batch through the model: (contiguous float32 outputs on the CPU, the other fields)."""
+    """One collated batch through the model (waited for if still a Future): (contiguous
+    float32 outputs on the CPU, the other fields)."""
+    if isinstance(model, Future):
+        model = model.result()
     x, rest = batch[0], list(batch[1:])
     # inference mode and autocast are per thread, so each lane enters them itself
     with torch.inference_mode():
@@ -73,7 +76,7 @@ def _in_order(jobs: Iterator[Callable[[], Any]], threads: int, name: str) -> Ite
 
 
 def predict_batches(
-    model: torch.nn.Module,
+    model: Union[torch.nn.Module, Future],
     dataset: Dataset,
     batch_size: int,
     workers: int,
@@ -85,6 +88,8 @@ def predict_batches(
     """For every batch, in order, yield finish(outputs, other fields), or (outputs, other
     fields) without `finish`; outputs are contiguous float32 tensors on the CPU.
 
+    `model` may be a Future of a model in eval mode that is still being built
+    (hbr.stages.model_stage): the first batches are read and prepared meanwhile.
     The dataset yields tuples whose first item is the input tensor. `postprocess`
     (e.g. softmax) runs on the device before the copy back, so less data moves.
     `finish` is the batch's CPU work after the model (e.g. writing masks): it runs in
@@ -92,7 +97,8 @@ def predict_batches(
     With `workers` = 0 on a CPU the batches run in lanes (see the module docstring);
     the outputs are the same, bit for bit, and in the same order either way.
     """
-    model.eval()
+    if not isinstance(model, Future):
+        model.eval()
     done = finish or (lambda out, rest: (out, rest))
     if device.type == "cpu" and workers == 0:
 
@@ -103,7 +109,7 @@ def predict_batches(
         starts = range(0, len(dataset), batch_size)
         yield from _in_order((partial(lane, start) for start in starts), CPU_LANES, "hbr-lane")
         return
-    batches = make_loader(dataset, batch_size, workers, device, shuffle=False)
+    batches = iter(make_loader(dataset, batch_size, workers, device, shuffle=False))  # workers start now
     predicted = (_forward(model, batch, device, runtime, postprocess) for batch in batches)
     if finish is None:
         yield from predicted

@@ -144,7 +144,9 @@ def train(
             while schedule.last_epoch < catch_up:
                 schedule.step()
             losses.append(loss.item())
-        if not losses:
+        if not losses:  # the clock ran out between two epochs
+            if epoch and progress() >= 1.0:
+                log(f"time limit of {cfg.time_limit_min} min reached after epoch {epoch}")
             break
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if val_set is not None and len(val_set):

@@ -1,5 +1,7 @@
 """Model registry, self-describing checkpoints, augmentation and the training loop on tiny data."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -208,3 +210,32 @@ def test_cpu_lanes_give_the_batches_of_one_loop_in_order():
     assert torch.equal(torch.cat([out for out, _ in got]), expected)
     first = next(iter(predict_batches(model, Items(), 2, 0, torch.device("cpu"), runtime)))  # stopped early
     assert first[1][0].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_prediction_waits_for_a_model_still_being_built(tmp_path: Path, workers):
+    """A stage's model is built in a thread while the first images are prepared
+    (obtain_model gives a Future): the outputs are those of the built model; a build
+    that fails stops the prediction with its own error."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from hbr.models import model_from_checkpoint, read_checkpoint
+    from hbr.prediction import predict_batches
+
+    torch.manual_seed(0)
+    spec = {"kind": "classifier", "arch": "resnet18", "num_outputs": 2}
+    model = create_model(spec).eval()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, {"spec": spec})
+    x = torch.randn(5, 1, 64, 64)
+    runtime = RuntimeConfig(cpu_bf16=False)
+    items = [(x[i], i) for i in range(len(x))]
+    with ThreadPoolExecutor(1) as pool:
+        building = pool.submit(lambda: model_from_checkpoint(read_checkpoint(path), path))
+        got = torch.cat([out for out, _ in predict_batches(building, items, 2, workers, torch.device("cpu"), runtime)])
+    with torch.no_grad():
+        assert torch.equal(got, torch.cat([model(x[i : i + 2]) for i in range(0, len(x), 2)]))
+    broken: Future = Future()
+    broken.set_exception(HbrError("model.pt: weights do not fit"))
+    with pytest.raises(HbrError, match="weights do not fit"):
+        list(predict_batches(broken, items, 2, workers, torch.device("cpu"), runtime))
