@@ -239,3 +239,23 @@ def test_prediction_waits_for_a_model_still_being_built(tmp_path: Path, workers)
     broken.set_exception(HbrError("model.pt: weights do not fit"))
     with pytest.raises(HbrError, match="weights do not fit"):
         list(predict_batches(broken, items, 2, workers, torch.device("cpu"), runtime))
+
+
+def test_a_damaged_image_is_marked_unreadable_and_the_rest_predicted(tmp_path: Path, capsys):
+    """Empty, truncated or foreign .npy files give ok=False with a line naming them, not a crash."""
+    from hbr.data import PredictionSet
+    from hbr.files import write_npy
+
+    prep = Preprocess(96, 40, 48, 20)
+    good = tmp_path / "good.npy"
+    write_npy(good, np.full((90, 30), 7, np.uint8))
+    empty, truncated, foreign = tmp_path / "empty.npy", tmp_path / "truncated.npy", tmp_path / "foreign.npy"
+    empty.write_bytes(b"")
+    truncated.write_bytes(good.read_bytes()[:-10])
+    foreign.write_bytes(b"PK\x03\x04 not an image")
+    items = PredictionSet([empty, good, truncated, foreign], prep)
+    oks = [items[i][2] for i in range(4)]
+    assert oks == [False, True, False, False]
+    assert items[1][3].tolist() == [90, 30]
+    out = capsys.readouterr().out
+    assert all(f"{p}: cannot read image" in out for p in (empty, truncated, foreign))
