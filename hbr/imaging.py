@@ -188,7 +188,8 @@ def model_input(image: np.ndarray, canvas_h: int, canvas_w: int, in_h: int, in_w
     converted before resizing, so area averaging is not rounded to integers.
     When shrinking, only the canvas part that holds the original (widened to whole resize
     periods) is converted and resized, and the rest is taken from the resize of a constant
-    canvas: the same values, bit for bit, for 40 % less work on a 791 x 272 image.
+    canvas: the same values, bit for bit, for integer images (within a float32 rounding step
+    for float images); 0.43 instead of 0.64 ms for a 791 x 272 image at 192 x 80.
     """
     p = place(image.shape[0], image.shape[1], canvas_h, canvas_w)
     if in_h > canvas_h or in_w > canvas_w or (in_h, in_w) == (canvas_h, canvas_w):  # growing (linear) or no resize

@@ -51,7 +51,7 @@ def test_from_canvas_inverts_to_canvas_for_padded_images():
     assert from_canvas(stack, p).shape == (2, 791, 272)
 
 
-@pytest.mark.parametrize("input_size", [(192, 80), (320, 128), (240, 96), (300, 100), (960, 384), (1000, 400)])
+@pytest.mark.parametrize("input_size", [(192, 80), (320, 128), (240, 96), (300, 100), (960, 80), (960, 384), (1000, 400)])
 @pytest.mark.parametrize("shape", [(791, 272), (1024, 416), (959, 383), (3, 700), (1, 1)])
 @pytest.mark.parametrize("dtype, corner", [(np.uint8, 0), (np.uint8, 7), (np.uint8, 252), (np.uint16, 1000)])
 def test_model_input_equals_resizing_the_whole_canvas(input_size, shape, dtype, corner):
