@@ -259,3 +259,32 @@ def test_a_damaged_image_is_marked_unreadable_and_the_rest_predicted(tmp_path: P
     assert items[1][3].tolist() == [90, 30]
     out = capsys.readouterr().out
     assert all(f"{p}: cannot read image" in out for p in (empty, truncated, foreign))
+
+
+def test_time_limit_running_out_between_epochs_is_reported(monkeypatch):
+    """The clock can pass the limit after one epoch's end check and before the next epoch's
+    first step: training stops there, says why, and keeps the finished epoch."""
+    import types
+
+    import hbr.training
+    from hbr.stages.classify import ClassifierObjective
+
+    clock = [0.0]
+    monkeypatch.setattr(hbr.training, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    class JumpAtSecondEpoch(ClassifierSet):
+        def set_epoch(self, epoch):
+            super().set_epoch(epoch)
+            if epoch == 1:
+                clock[0] = 3600.0  # the limit (1.2 s) passes between the two epochs
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 200, (32, 16)).astype(np.uint8) for _ in range(8)]
+    labels = [i % 2 for i in range(8)]
+    model = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2})
+    cfg = TrainConfig(epochs=5, batch_size=4, workers=0, time_limit_min=0.02)
+    lines = []
+    result = train(model, JumpAtSecondEpoch(images, labels, Preprocess(32, 16, 32, 16), None, 0), None,
+                   ClassifierObjective(labels), cfg, torch.device("cpu"), RuntimeConfig(cpu_bf16=False), log=lines.append)
+    assert [r["epoch"] for r in result.history] == [1] and result.metrics["epoch"] == 1
+    assert any("time limit" in line and "after epoch 1" in line for line in lines)
