@@ -132,7 +132,7 @@ def read_npy(path: str | Path) -> np.ndarray:
     """Load a .npy image without pickles."""
     with open(path, "rb", buffering=0) as fh:
         head = fh.read(_NPY_HEAD_BYTES)
-        if not head.startswith(b"\x93NUMPY"):
+        if not head.startswith(_NPY_MAGIC[:6]):  # any version
             raise ValueError(f"{path}: not a .npy file ({len(head)} bytes)")
         end = 10 + int.from_bytes(head[8:10], "little")
         header = _NPY_HEADER.fullmatch(head, 10, end) if head[:8] == _NPY_MAGIC else None

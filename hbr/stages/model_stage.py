@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from hbr.cli import DEFAULT_LABELS, Context
-from hbr.config import PredictConfig, config_hash
+from hbr.config import PredictConfig, RuntimeConfig, config_hash
 from hbr.data import Preprocess
 from hbr.devices import configure_threads, resolve_device, to_device
 from hbr.errors import HbrError
@@ -129,14 +129,14 @@ def obtain_model(
         if mode == "train":
             return None
     ckpt = read_checkpoint(path)
-    return _build_in_background(ckpt, path, device, ctx), checkpoint_meta(ckpt)
+    return _build_in_background(ckpt, path, device, ctx.cfg.runtime), checkpoint_meta(ckpt)
 
 
-def _build_in_background(ckpt: dict, path: Path, device: torch.device, ctx: Context) -> Future:
+def _build_in_background(ckpt: dict, path: Path, device: torch.device, runtime: RuntimeConfig) -> Future:
     """Build the network of a read checkpoint on `device` in a thread: the first images are
     read and prepared meanwhile (about 0.1-0.15 s a stage on a CPU, see hbr.prediction)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hbr-model")
     try:
-        return pool.submit(lambda: to_device(model_from_checkpoint(ckpt, path), device, ctx.cfg.runtime))
+        return pool.submit(lambda: to_device(model_from_checkpoint(ckpt, path), device, runtime))
     finally:
         pool.shutdown(wait=False)
