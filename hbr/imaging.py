@@ -106,38 +106,60 @@ def input_to_original(maps: np.ndarray, p: Placement, fill: float = 0.0) -> np.n
     return out
 
 
+BAND_GAP = 8  # empty input rows that split a mask into separately warped bands (fewer: more calls than pixels saved)
+
+
+def _row_bands(rows: list[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of sorted input rows, split where more than BAND_GAP rows are missing."""
+    bands: list[tuple[int, int]] = []
+    for row in rows:
+        if bands and row - bands[-1][1] <= BAND_GAP + 1:
+            bands[-1] = (bands[-1][0], row)
+        else:
+            bands.append((row, row))
+    return bands
+
+
 def mask_to_original(prob: np.ndarray, p: Placement, floor: float = 0.0) -> np.ndarray:
     """One model-input probability map (in_h, in_w) -> uint8 mask (round(255 x p)) on the original.
 
     Probabilities under `floor` are stored as 0. Otherwise the same pixels as quantising
-    `input_to_original`, but only the region where the map reaches max(floor, 0.5/255)
-    is warped: a landmark's map is near zero almost everywhere, so this is far less work
-    than warping the whole image (stage 7 writes 7 masks an image).
+    `input_to_original`, but only where the map reaches max(floor, 0.5/255) is warped, in
+    bands of rows: a landmark's map is near zero almost everywhere, often with a few faint
+    specks far from the landmark, so this is far less work than warping the whole image
+    (stage 7 writes 7 masks an image).
     """
     out = np.zeros((p.rows, p.cols), np.uint8)
     # a bilinear sample is a weighted mean of four input pixels: it reaches `low` only
     # next to an input pixel that does
-    low = max(floor, 0.5 / 255)
-    visible = prob >= low
-    ys, xs = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
-    if not len(xs):
+    visible = prob >= max(floor, 0.5 / 255)
+    rows = np.flatnonzero(visible.any(axis=1)).tolist()
+    if not rows:
         return out
+    prob = np.ascontiguousarray(prob, dtype=np.float32)
     sx, sy, off_x, off_y = _original_to_input(p, *prob.shape)
-    # original pixels whose interpolation neighbours can include a visible input pixel,
     # within the part of the original that lies on the canvas (the rest stays 0, as `fill`)
     _, rows_on = _overlap(p.top, p.rows, p.canvas_h)
     _, cols_on = _overlap(p.left, p.cols, p.canvas_w)
-    x0 = max(int(np.floor((xs.min() - 1 - off_x) / sx)), cols_on.start)
-    x1 = min(int(np.ceil((xs.max() + 1 - off_x) / sx)) + 1, cols_on.stop)
-    y0 = max(int(np.floor((ys.min() - 1 - off_y) / sy)), rows_on.start)
-    y1 = min(int(np.ceil((ys.max() + 1 - off_y) / sy)) + 1, rows_on.stop)
-    if x0 >= x1 or y0 >= y1:
-        return out
-    region = _warp_to_original(np.asarray(prob, dtype=np.float32), p, x0, y0, x1 - x0, y1 - y0)
-    values = np.round(np.clip(region, 0.0, 1.0) * 255)
-    if floor > 0:
-        values[region < floor] = 0
-    out[y0:y1, x0:x1] = values
+    # cv2.threshold keeps the values above its threshold: the largest float32 under `floor`
+    below_floor = np.float32(floor)
+    if below_floor >= floor:
+        below_floor = np.nextafter(below_floor, np.float32(-np.inf))
+    for first, last in _row_bands(rows):
+        cols = np.flatnonzero(visible[first : last + 1].any(axis=0))
+        # original pixels whose interpolation neighbours can include a visible input pixel
+        x0 = max(int(np.floor((cols[0] - 1 - off_x) / sx)), cols_on.start)
+        x1 = min(int(np.ceil((cols[-1] + 1 - off_x) / sx)) + 1, cols_on.stop)
+        y0 = max(int(np.floor((first - 1 - off_y) / sy)), rows_on.start)
+        y1 = min(int(np.ceil((last + 1 - off_y) / sy)) + 1, rows_on.stop)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        region = _warp_to_original(prob, p, x0, y0, x1 - x0, y1 - y0)
+        if floor > 0:
+            cv2.threshold(region, float(below_floor), 0, cv2.THRESH_TOZERO, dst=region)
+        # round(255 x p) saturated to 0..255 in one pass (the samples are never negative);
+        # bands may meet at their margins, where either band's value is a valid sample
+        np.maximum(out[y0:y1, x0:x1], cv2.convertScaleAbs(region, alpha=255), out=out[y0:y1, x0:x1])
     return out
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from hbr.data import Preprocess
 from hbr.imaging import (
+    BAND_GAP,
+    _row_bands,
     canvas_to_input_xy,
     canvas_to_original_xy,
     from_canvas,
@@ -87,10 +89,20 @@ def _sparse_maps(in_h: int, in_w: int) -> list[np.ndarray]:
     for cy, cx in [(100, 60), (0, 0), (in_h - 1, in_w - 1), (0, in_w - 1), (in_h // 2, 0), (in_h - 2, 70)]:
         yy, xx = np.mgrid[0:in_h, 0:in_w]
         maps.append(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18.0).astype(np.float32))
+    specks = np.zeros((in_h, in_w), np.float32)  # faint specks far apart: several bands of rows
+    specks[[3, 40, 41, 150, 151, 152, in_h - 1], [5, 120, 0, 64, 65, 127, 3]] = [0.02, 0.3, 0.9, 0.05, 0.6, 1.0, 0.2]
+    maps.append(specks)
     maps.append((rng.random((in_h, in_w)) * 0.0019).astype(np.float32))  # rounds to 0 everywhere
     maps.append(np.zeros((in_h, in_w), np.float32))
     maps.append(rng.random((in_h, in_w)).astype(np.float32))
     return maps
+
+
+def test_row_bands_split_at_gaps_wider_than_band_gap():
+    gap = BAND_GAP + 1  # rows this far apart still share a band
+    assert _row_bands([4]) == [(4, 4)]
+    assert _row_bands([0, 1, 2, 2 + gap, 2 + 2 * gap]) == [(0, 2 + 2 * gap)]
+    assert _row_bands([0, 1, 2 + gap, 50, 51, 52, 90]) == [(0, 1), (2 + gap, 2 + gap), (50, 52), (90, 90)]
 
 
 @pytest.mark.parametrize("shape", [(791, 272), (960, 384), (1001, 399), (500, 100)])
@@ -115,7 +127,10 @@ def test_mask_floor_zeroes_only_the_probabilities_under_it(shape, floor):
         full = np.clip(input_to_original(prob[None], p)[0], 0, 1)
         expected = np.where(full < floor, 0, np.round(full * 255)).astype(int)
         got = mask_to_original(prob, p, floor).astype(int)
-        assert np.abs(got - expected).max() <= 1
+        # a band's samples sit within 1/32 pixel of the full warp's (see above), so a value
+        # within a hair of the floor may fall on the other side of it
+        at_floor = np.abs(full - floor) < 1e-4
+        assert np.abs(got - expected)[~at_floor].max() <= 1
         assert ((got > 0) == (expected > 0)).mean() > 0.999
         assert got[(got > 0)].min(initial=255) >= np.floor(floor * 255)
 
