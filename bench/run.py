@@ -159,7 +159,7 @@ def child_forward(result: Path, checkpoint: Path, images: int, batch: int, chunk
     import torch
 
     from hbr.config import load_config
-    from hbr.devices import configure_threads, resolve_device, to_device
+    from hbr.devices import configure_threads, resolve_device, to_device_for_inference
     from hbr.models import load_checkpoint
     from hbr.prediction import predict_batches
 
@@ -167,7 +167,7 @@ def child_forward(result: Path, checkpoint: Path, images: int, batch: int, chunk
     configure_threads(cfg.runtime)
     device = resolve_device(device_name)
     model, meta = load_checkpoint(checkpoint)
-    model = to_device(model, device, cfg.runtime)
+    model = to_device_for_inference(model, device, cfg.runtime)
     p = meta["preprocess"]
     x = torch.randn(1, p["input_h"], p["input_w"], generator=torch.Generator().manual_seed(0))
     shape = torch.tensor([791, 272])  # an original image's (rows, cols), as hbr.data.PredictionSet gives

@@ -288,3 +288,34 @@ def test_time_limit_running_out_between_epochs_is_reported(monkeypatch):
                    ClassifierObjective(labels), cfg, torch.device("cpu"), RuntimeConfig(cpu_bf16=False), log=lines.append)
     assert [r["epoch"] for r in result.history] == [1] and result.metrics["epoch"] == 1
     assert any("time limit" in line and "after epoch 1" in line for line in lines)
+
+
+@pytest.mark.parametrize("spec", [
+    {"kind": "classifier", "arch": "resnet18", "num_outputs": 2},
+    {"kind": "segmenter", "arch": "unet", "encoder": "resnet18", "classes": 7},
+])
+def test_inference_weights_cast_once_give_the_outputs_of_autocast(spec):
+    """On a CPU with bfloat16, prediction casts conv and linear weights once instead of in
+    every forward pass: the outputs are the same bit for bit, and training keeps float32."""
+    from hbr.devices import autocast, batch_to_device, to_device, to_device_for_inference
+
+    torch.manual_seed(0)
+    model = create_model(spec).eval()
+    with torch.no_grad():  # a trained-looking model: batch norm statistics away from 0 and 1
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    cpu, bf16 = torch.device("cpu"), RuntimeConfig(cpu_bf16=True)
+    reference = to_device(create_model(spec).eval(), cpu, bf16)
+    reference.load_state_dict(model.state_dict())
+    cast = to_device_for_inference(model, cpu, bf16)
+    layers = [m for m in cast.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert layers and all(m.weight.dtype == torch.bfloat16 for m in layers)
+    assert {p.dtype for p in cast.parameters()} == {torch.bfloat16, torch.float32}  # batch norm stays float32
+    assert {p.dtype for p in reference.parameters()} == {torch.float32}
+    x = batch_to_device(torch.randn(3, 1, 64, 64), cpu, bf16)
+    with torch.inference_mode(), autocast(cpu, bf16):
+        assert torch.equal(cast(x).float(), reference(x).float())
+    plain = to_device_for_inference(create_model(spec), cpu, RuntimeConfig(cpu_bf16=False))
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}

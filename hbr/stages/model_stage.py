@@ -13,7 +13,7 @@ import torch
 from hbr.cli import DEFAULT_LABELS, Context
 from hbr.config import PredictConfig, RuntimeConfig, config_hash
 from hbr.data import Preprocess
-from hbr.devices import configure_threads, resolve_device, to_device
+from hbr.devices import configure_threads, resolve_device, to_device_for_inference
 from hbr.errors import HbrError
 from hbr.files import remove_stale, write_json, write_tsv
 from hbr.models import checkpoint_meta, model_from_checkpoint, read_checkpoint, save_checkpoint
@@ -137,6 +137,6 @@ def _build_in_background(ckpt: dict, path: Path, device: torch.device, runtime: 
     read and prepared meanwhile (about 0.1-0.15 s a stage on a CPU, see hbr.prediction)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hbr-model")
     try:
-        return pool.submit(lambda: to_device(model_from_checkpoint(ckpt, path), device, runtime))
+        return pool.submit(lambda: to_device_for_inference(model_from_checkpoint(ckpt, path), device, runtime))
     finally:
         pool.shutdown(wait=False)
