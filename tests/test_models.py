@@ -319,3 +319,19 @@ def test_inference_weights_cast_once_give_the_outputs_of_autocast(spec):
         assert torch.equal(cast(x).float(), reference(x).float())
     plain = to_device_for_inference(create_model(spec), cpu, RuntimeConfig(cpu_bf16=False))
     assert {p.dtype for p in plain.parameters()} == {torch.float32}
+
+
+def test_initialisers_are_skipped_only_inside_the_build():
+    """Networks rebuilt from a checkpoint skip random initialisation (the file has the
+    weights); other operations, and initialisers outside the build, still work."""
+    from hbr.models import _InitialisersSkipped
+
+    t = torch.zeros(3, 4)
+    with _InitialisersSkipped():
+        torch.nn.init.kaiming_normal_(t)
+        torch.nn.init.constant_(t, 5.0)
+        t.normal_()
+        assert torch.equal(t + 1, torch.ones(3, 4))
+    assert not t.any()
+    torch.nn.init.constant_(t, 5.0)
+    assert (t == 5).all()
