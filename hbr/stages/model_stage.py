@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import pandas as pd
 import torch
@@ -82,10 +82,12 @@ def finish_without_images(ctx: Context, table_path: Path, columns: list[str], cl
     print(f"{ctx.stage}: no input images; wrote an empty {table_path}")
 
 
-def _is_current(path: Path, wanted_hash: str) -> bool:
+def _current_checkpoint(path: Path, wanted_hash: str) -> Optional[dict]:
+    """The checkpoint at `path` if it was trained with `wanted_hash`, else None."""
     if not path.is_file():
-        return False
-    return read_checkpoint(path).get("config_hash") == wanted_hash
+        return None
+    ckpt = read_checkpoint(path)
+    return ckpt if ckpt.get("config_hash") == wanted_hash else None
 
 
 def save_trained(path: Path, model: torch.nn.Module, result: TrainResult, meta: dict) -> None:
@@ -114,6 +116,7 @@ def obtain_model(
     """
     mode, given_models = ctx.args.mode, ctx.args.models is not None
     path = model_file(ctx, model_name)
+    ckpt = None
     if given_models and mode == "train":
         raise HbrError("--models is for prediction with existing models; train without it")
     if given_models or mode == "predict":
@@ -121,14 +124,16 @@ def obtain_model(
             raise HbrError(f"no model at {path}; train it first (--mode train) or give --models DIR")
     else:
         wanted = config_hash(*settings, files_digest(label_paths()))
-        if mode == "train" or not _is_current(path, wanted):
+        ckpt = None if mode == "train" else _current_checkpoint(path, wanted)
+        if ckpt is None:
             print(f"training {model_name} ({'asked' if mode == 'train' else 'no model for these labels and config'})")
             train_model(path, wanted)
         else:
             print(f"using trained model {path} (labels and config unchanged)")
         if mode == "train":
             return None
-    ckpt = read_checkpoint(path)
+    if ckpt is None:  # predicting with given models, or just trained
+        ckpt = read_checkpoint(path)
     return _build_in_background(ckpt, path, device, ctx.cfg.runtime), checkpoint_meta(ckpt)
 
 
