@@ -338,12 +338,17 @@ class Runner:
         sets = [x for o in self.args.overrides for x in ("--set", o)]
         return ["--workdir", str(workdir), "--config", str(self.args.config), "--device", self.args.device, *sets]
 
+    def batch_size(self, stage: Stage) -> int:
+        """The prediction batch of a model stage: stage 7 predicts in the segmenter's batches."""
+        p = self.cfg.predict
+        return p.segmenter_batch_size if stage.script == "7_segment.py" else p.batch_size
+
     def forward_time(self, stage: Stage, images: int, tag: str) -> dict:
         sets = [x for o in self.args.overrides for x in ("--set", o)]
         result = self.logs / f"{stage.name}.forward_{tag}.json"
         data, _, _ = run_child(
             ["forward", "--result", str(result), "--checkpoint", str(self.models / stage.model / "model.pt"),
-             "--images", str(images), "--batch", str(self.cfg.predict.batch_size), "--chunk",
+             "--images", str(images), "--batch", str(self.batch_size(stage)), "--chunk",
              str(self.cfg.predict.chunk_size), "--device", self.args.device, "--config", str(self.args.config), *sets],
             self.logs / f"{stage.name}.forward_{tag}.log", result, poll=False,
         )
@@ -671,8 +676,8 @@ def main() -> None:
 
     cfg = load_config(args.config, args.overrides)
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; predict batch {cfg.predict.batch_size}, "
-          f"workers {cfg.predict.workers}; runtime {cfg.runtime}; dicom workers {cfg.dicom.workers}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; predict batch {cfg.predict.batch_size} "
+          f"(segmenter {cfg.predict.segmenter_batch_size}), workers {cfg.predict.workers}; runtime {cfg.runtime}; dicom workers {cfg.dicom.workers}")
     phantom = make_phantom(root / "phantom", args.n, args.seed)
     models = ensure_models(args, root, phantom)
 

@@ -104,7 +104,8 @@ class SegmenterConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    batch_size: int = 16
+    batch_size: int = 16  # classifier batches
+    segmenter_batch_size: int = 16  # U-Net batches (stage 7): on a CPU each of the two lanes holds one batch's activations
     workers: int = 2  # DataLoader workers
     chunk_size: int = 1024  # images per resumable chunk: a re-run after a kill redoes at most one chunk
 
@@ -259,6 +260,9 @@ MIN_BF16_INPUT_SIDE = 64
 
 def check_values(cfg: Config) -> Config:
     """Refuse values that parse but cannot work; returns `cfg`."""
+    for key in ("batch_size", "segmenter_batch_size", "chunk_size"):
+        if getattr(cfg.predict, key) < 1:
+            raise ConfigError(f"predict.{key} = {getattr(cfg.predict, key)}: must be at least 1")
     s = cfg.segmenter
     if not 0.0 <= s.mask_floor <= s.threshold:
         raise ConfigError(f"segmenter.mask_floor = {s.mask_floor}: must be between 0 and segmenter.threshold "

@@ -58,3 +58,10 @@ def test_small_bf16_inputs_are_refused_and_fp32_allows_them():
     cfg = load_config(None, ["segmenter.input_width=32", "runtime.cpu_bf16=false"])
     assert cfg.segmenter.input_width == 32
     assert load_config(None, ["classifier.input_height=64", "classifier.input_width=64"]).classifier.input_width == 64
+
+
+@pytest.mark.parametrize("key", ["batch_size", "segmenter_batch_size", "chunk_size"])
+def test_prediction_batches_and_chunks_must_hold_an_image(key):
+    with pytest.raises(ConfigError, match=rf"predict.{key} = 0: must be at least 1"):
+        load_config(None, [f"predict.{key}=0"])
+    assert getattr(load_config(None, [f"predict.{key}=1"]).predict, key) == 1

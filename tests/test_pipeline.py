@@ -66,6 +66,7 @@ TINY = [
     "segmenter.train.workers=0",
     "segmenter.train.time_limit_min=0",  # a time limit would make the best epoch depend on load
     "predict.batch_size=8",
+    "predict.segmenter_batch_size=3",  # stage 7 runs several batches in both lanes
     "predict.workers=0",
     f"predict.chunk_size={CHUNK}",
 ]

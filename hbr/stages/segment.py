@@ -174,7 +174,7 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
 
     rows = []
     p = ctx.cfg.predict
-    for batch_rows in predict_batches(model, PredictionSet(paths, prep), p.batch_size, p.workers, device,
+    for batch_rows in predict_batches(model, PredictionSet(paths, prep), p.segmenter_batch_size, p.workers, device,
                                       ctx.cfg.runtime, postprocess=torch.sigmoid, finish=write_batch):
         rows += batch_rows
     return pd.DataFrame(rows, columns=COLUMNS)
