@@ -2,7 +2,7 @@
 """Speed, memory and disk of every stage on a phantom set, with the SPEC 7 goals beside them.
 
     python bench/run.py --n 100 [--config configs/demo.yaml] [--workdir DIR] [--device cpu|cuda]
-                        [--models DIR] [--memory-check [--memory-sizes 100 1000]] [--profile STAGE ...]
+                        [--models DIR] [--memory-check [--memory-sizes 600 6000]] [--profile STAGE ...]
 
 1. Generates a phantom set of --n participants (2 Total Body images each) into
    WORKDIR/phantom (reused when it exists for the same --n and --seed).
@@ -32,7 +32,11 @@
    bench/bench_dcm2img.py on the same zips (timed in this process before and after).
 4. --memory-check: the same stage chain on --memory-sizes sets of zips (hard links of the
    phantom zips under new participant ids), fresh work directories; peak memory per stage
-   at each size and its growth (goal: within 10 %).
+   at each size and its growth (goal: within 10 % from 100 to 1,000 images). A stage that
+   gets fewer than 100 images in the smaller run is printed but not judged: a few images
+   do not fill both prediction lanes' batches, so its peak would measure that, not growth.
+   With --n 1000, the default 600 and 6,000 zips give the stage with the fewest images
+   (7 white) 106 and about 1,000.
 
 Timings on a shared machine are noisy: compare ratios taken within one run. Not run by
 the tests.
@@ -68,6 +72,7 @@ BACKGROUNDS = ("black", "white")
 GOAL_OVERHEAD = 0.25
 GOAL_DISK_RATIO = 1.2
 GOAL_MEMORY_GROWTH = 0.10
+GOAL_MEMORY_MIN_IMAGES = 100  # the goal compares 100 with 1,000 images
 POLL_S = 0.05
 
 
@@ -618,15 +623,22 @@ def memory_check(args, phantom: Path, models: Path, root: Path) -> None:
             shutil.rmtree(root / f"mem{n}_zips", ignore_errors=True)
     small, large = sizes[0], sizes[-1]
     print(f"memory growth {small} -> {large} zips (goal within {100 * GOAL_MEMORY_GROWTH:.0f} %):")
-    print(f"  {'stage':22s} {'images':>13s} {'peak RSS MB':>15s} {'growth':>7s} {'tree PSS MB':>15s} {'growth':>7s}")
+    print(f"  {'stage':22s} {'images':>13s} {'peak RSS MB':>15s} {'growth':>7s} {'tree PSS MB':>15s} {'growth':>7s} "
+          f"{'KiB/image':>9s}")
     for a, b in zip(peaks[small], peaks[large]):
         sa, sb = a.stats, b.stats
         g_self = sb["self_mb"] / sa["self_mb"] - 1
         g_pss = sb["pss_mb"] / sa["pss_mb"] - 1 if sa["pss_mb"] else float("nan")
         worst = max(abs(g_self), abs(g_pss)) if sa["pss_mb"] else abs(g_self)
+        few = (sa["images"] or 0) < GOAL_MEMORY_MIN_IMAGES
+        verdict = f"not judged: under {GOAL_MEMORY_MIN_IMAGES} images" if few else ok(worst <= GOAL_MEMORY_GROWTH)
+        added = (sb["images"] or 0) - (sa["images"] or 0)
+        per_image = f"{1024 * (sb['self_mb'] - sa['self_mb']) / added:9.1f}" if added > 0 else f"{'':9s}"
         print(f"  {a.name:22s} {sa['images'] or 0:5d} -> {sb['images'] or 0:5d} {sa['self_mb']:6.0f} -> {sb['self_mb']:6.0f} "
-              f"{100 * g_self:+6.1f}% {sa['pss_mb']:6.0f} -> {sb['pss_mb']:6.0f} {100 * g_pss:+6.1f}%  "
-              f"{ok(worst <= GOAL_MEMORY_GROWTH)}")
+              f"{100 * g_self:+6.1f}% {sa['pss_mb']:6.0f} -> {sb['pss_mb']:6.0f} {100 * g_pss:+6.1f}% {per_image}  "
+              f"{verdict}")
+    print("  (KiB/image: peak RSS growth over the added images; whole-run tables grow with the run's images, "
+          "which stage 8 rebuilds whatever its own count)")
     print("  (peak RSS: the stage process, VmHWM; tree PSS: peak summed proportional set size of the stage process "
           "and its workers, sampled at 20 Hz, so a short peak between samples can be missed)")
 
@@ -653,7 +665,9 @@ def main() -> None:
                         help="participants of the phantom set the models are trained on (default max(N, 300))")
     parser.add_argument("--memory-check", action="store_true", help="also peak memory at --memory-sizes zips")
     parser.add_argument("--memory-only", action="store_true", help="only the memory check (no timed run)")
-    parser.add_argument("--memory-sizes", type=int, nargs=2, default=[100, 1000], metavar=("SMALL", "LARGE"))
+    parser.add_argument("--memory-sizes", type=int, nargs=2, default=[600, 6000], metavar=("SMALL", "LARGE"),
+                        help="zips of the two memory-check runs (default 600 6000: with --n 1000, at least 100 images "
+                             "in every stage)")
     parser.add_argument("--memory-stages", nargs="*", default=None,
                         help="stage name prefixes for the memory check (default: every stage)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the stage-1 baseline comparison")

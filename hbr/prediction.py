@@ -13,8 +13,7 @@ masks) runs in its lane too, so no further threads compete for the cores.
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from functools import partial
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from hbr.config import RuntimeConfig
 from hbr.devices import autocast, batch_to_device
+from hbr.parallel import in_order
 
 CPU_LANES = 2  # each lane holds one batch in memory
 FINISH_THREADS = 2  # `finish` threads beside a GPU or loader workers
@@ -58,23 +58,6 @@ def _forward(model, batch: Sequence, device, runtime, postprocess) -> tuple[torc
         return out.cpu().contiguous(), rest
 
 
-def _in_order(jobs: Iterator[Callable[[], Any]], threads: int, name: str) -> Iterator[Any]:
-    """Run `jobs` in `threads` threads and yield their results in order, one job waiting
-    per thread at most (memory stays bounded)."""
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
-        in_flight = deque()
-        try:
-            for job in jobs:
-                in_flight.append(pool.submit(job))
-                if len(in_flight) > threads:
-                    yield in_flight.popleft().result()
-            while in_flight:
-                yield in_flight.popleft().result()
-        finally:
-            for job in in_flight:  # the consumer stopped early or a job failed: start nothing more
-                job.cancel()
-
-
 def predict_batches(
     model: Union[torch.nn.Module, Future],
     dataset: Dataset,
@@ -107,11 +90,11 @@ def predict_batches(
             return done(*_forward(model, default_collate(items), device, runtime, postprocess))
 
         starts = range(0, len(dataset), batch_size)
-        yield from _in_order((partial(lane, start) for start in starts), CPU_LANES, "hbr-lane")
+        yield from in_order((partial(lane, start) for start in starts), CPU_LANES, "hbr-lane")
         return
     batches = iter(make_loader(dataset, batch_size, workers, device, shuffle=False))  # workers start now
     predicted = (_forward(model, batch, device, runtime, postprocess) for batch in batches)
     if finish is None:
         yield from predicted
     else:
-        yield from _in_order((partial(finish, *result) for result in predicted), FINISH_THREADS, "hbr-finish")
+        yield from in_order((partial(finish, *result) for result in predicted), FINISH_THREADS, "hbr-finish")

@@ -7,8 +7,6 @@ with the reason; nothing is silently lost.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -18,6 +16,7 @@ from hbr.cli import BACKGROUNDS, Context
 from hbr.config import BackgroundConfig, CanvasConfig
 from hbr.errors import HbrError
 from hbr.files import image_folders, keep_images, list_images, write_tsv
+from hbr.parallel import map_in_order
 
 INPUT_PREFIX = "3_crop_predicted"
 TABLE = "4_background.tsv"
@@ -66,8 +65,7 @@ def run(ctx: Context) -> None:
             return {"Image": image_id, "background": "", "decision": "remove", "reason": "unreadable image"}
         return {"Image": image_id, **classify_background(image, ctx.cfg.background, ctx.cfg.canvas)}
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        rows = list(tqdm(pool.map(decide, ids), total=len(ids), desc="4_background", unit="img"))
+    rows = list(tqdm(map_in_order(decide, ids, 4, "hbr-background"), total=len(ids), desc="4_background", unit="img"))
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_tsv(ctx.workdir / TABLE, table)
     for bak in BACKGROUNDS:

@@ -16,10 +16,8 @@ import dataclasses
 import math
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -30,6 +28,7 @@ from hbr.errors import HbrError
 from hbr.files import atomic_path, list_images, read_tsv, write_tsv
 from hbr.landmarks import LANDMARKS, Box
 from hbr.measure import box_from_mask, geometry_cells, geometry_columns, read_mask
+from hbr.parallel import map_in_order
 from hbr.phenotypes import measure, phenotype_columns
 
 STAGE = "8_cal_segment"
@@ -317,23 +316,13 @@ def measure_image(job: MeasureJob, threshold: float) -> dict[str, str]:
     return row
 
 
-def chunks(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of up to `size` items (bounded work in flight)."""
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
 def measure_images(jobs: Iterable[MeasureJob], threshold: float, workers: int = 1) -> Iterator[dict[str, str]]:
     """Rows of `measure_image` in job order; `workers` > 1 reads masks in threads (PNG decoding releases the GIL)."""
     if workers <= 1:
         for job in jobs:
             yield measure_image(job, threshold)
         return
-    work = partial(measure_image, threshold=threshold)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for chunk in chunks(jobs, 64 * workers):  # only one chunk of rows in flight
-            yield from pool.map(work, chunk)
+    yield from map_in_order(partial(measure_image, threshold=threshold), jobs, workers, "hbr-measure")
 
 
 def mask_folders(workdir: Path, bak: str) -> dict[str, Optional[Path]]:
@@ -371,7 +360,8 @@ def measure_background(
     if images and len(segmented) < len(LANDMARKS):
         absent = ", ".join(lm for lm in LANDMARKS if lm not in segmented)
         print(f"{STAGE}: {bak}: no masks for {absent} (stage 7 was restricted); they are reported as missing")
-    dcm_rows = {row["Image"]: row for row in dcm.to_dict("records")}
+    # rows of the measured images only: the table lists every image of the run
+    dcm_rows = {row["Image"]: row for row in dcm[dcm["Image"].isin(images)].to_dict("records")}
     empty_dcm = dict.fromkeys(dcm.columns, "")
     jobs = (make_job(image, dcm_rows.get(image), segmented) for image in images)
     rows = measure_images(jobs, threshold, workers)
