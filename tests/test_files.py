@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from hbr.files import (
@@ -14,9 +15,12 @@ from hbr.files import (
     keep_images,
     link_or_copy,
     read_npy,
+    read_tsv,
     write_bytes,
     write_npy,
     write_png,
+    write_tsv,
+    write_tsv_rows,
 )
 
 
@@ -144,3 +148,17 @@ def test_read_npy_names_a_damaged_file(tmp_path: Path, damage):
     path.write_bytes({"truncated": data[:-5], "too long": data + b"x", "not npy": b"garbage" * 10, "empty": b""}[damage])
     with pytest.raises(ValueError, match=str(path)):
         read_npy(path)
+
+
+def test_streamed_rows_are_the_bytes_of_write_tsv(tmp_path):
+    """Stages 1 and 8 stream their tables; readers must not see a difference from write_tsv."""
+    columns = ["Image", "note", "value"]
+    rows = [("a", "plain", "1"), ("b", "tab\there", ""), ("c", 'quote "x"', "2.5"), ("d", "line\nbreak", " "),
+            ("e", "", "-")]
+    write_tsv(tmp_path / "frame.tsv", pd.DataFrame(rows, columns=columns))
+    assert write_tsv_rows(tmp_path / "rows.tsv", columns, iter(rows)) == len(rows)
+    assert (tmp_path / "rows.tsv").read_bytes() == (tmp_path / "frame.tsv").read_bytes()
+    write_tsv(tmp_path / "empty_frame.tsv", pd.DataFrame([], columns=columns))
+    assert write_tsv_rows(tmp_path / "empty_rows.tsv", columns, []) == 0
+    assert (tmp_path / "empty_rows.tsv").read_bytes() == (tmp_path / "empty_frame.tsv").read_bytes()
+    assert read_tsv(tmp_path / "rows.tsv").values.tolist() == [list(r) for r in rows]

@@ -31,9 +31,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Sequence
+from operator import itemgetter
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
-import pandas as pd
 from pydicom.dataset import Dataset
 from tqdm import tqdm
 
@@ -52,7 +52,7 @@ from hbr.dicom import (
     read_header,
 )
 from hbr.errors import HbrError
-from hbr.files import TMP_PREFIX, remove_stale, write_npy, write_png, write_text, write_tsv
+from hbr.files import TMP_PREFIX, remove_stale, write_npy, write_png, write_text, write_tsv_rows
 
 STAGE = "1_dcm2img"
 NPY_DIR = "1_Total_Body_npy"
@@ -134,6 +134,14 @@ class StageResult:
     images: int = 0
     errors: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
+
+    def add(self, result: SourceResult) -> None:
+        """Count one source's result."""
+        self.sources += 1
+        self.members += result.members
+        self.images += result.images
+        self.errors += len(result.errors)
+        self.skipped.update(result.skipped)
 
 
 def _one_line(text: str) -> str:
@@ -507,19 +515,28 @@ def _duplicate_stems(sources: Sequence[Source]) -> tuple[list[Source], dict[Sour
     return unique, clashing
 
 
-def _write_tables(workdir: Path, results: dict[Source, SourceResult]) -> None:
-    """Write dcm_table.tsv, 1_errors.tsv and 1_summary.tsv, sorted so that order never matters."""
+def _write_tables(workdir: Path, results: Iterable[tuple[Source, SourceResult]], outcome: StageResult) -> set[str]:
+    """Write dcm_table.tsv, 1_errors.tsv and 1_summary.tsv, sorted so that order never matters;
+    add the results to `outcome`; return the image ids.
+
+    The tables hold every image of the run, so each row is kept as a tuple of its cells
+    (about a third of the memory of a dict per row with its own keys).
+    """
     rows, errors, summary = [], [], []
-    for source, result in results.items():
-        rows += result.rows
-        errors += result.errors
-        summary.append(result.summary(source))
-    rows.sort(key=lambda r: r["Image"])
-    errors.sort(key=lambda e: (e["file"], e["member"], e["reason"]))
-    summary.sort(key=lambda s: (s["source"], s["file"]))
-    write_tsv(workdir / TABLE_FILE, pd.DataFrame(rows, columns=list(TABLE_COLUMNS), dtype=str))
-    write_tsv(workdir / ERRORS_FILE, pd.DataFrame(errors, columns=list(ERROR_COLUMNS), dtype=str))
-    write_tsv(workdir / SUMMARY_FILE, pd.DataFrame(summary, columns=list(SUMMARY_COLUMNS), dtype=str))
+    for source, result in results:
+        rows += [tuple(row.get(c, "") for c in TABLE_COLUMNS) for row in result.rows]
+        errors += [tuple(error[c] for c in ERROR_COLUMNS) for error in result.errors]
+        line = result.summary(source)
+        summary.append(tuple(line[c] for c in SUMMARY_COLUMNS))
+        outcome.add(result)
+    image = TABLE_COLUMNS.index("Image")
+    rows.sort(key=itemgetter(image))
+    errors.sort()  # by file, member, reason
+    summary.sort(key=itemgetter(0, 1))  # by source, file
+    write_tsv_rows(workdir / TABLE_FILE, TABLE_COLUMNS, rows)
+    write_tsv_rows(workdir / ERRORS_FILE, ERROR_COLUMNS, errors)
+    write_tsv_rows(workdir / SUMMARY_FILE, SUMMARY_COLUMNS, summary)
+    return {row[image] for row in rows}
 
 
 def _resolve_input(input_path: Path, workdir: Path) -> Path:
@@ -545,11 +562,11 @@ def run_stage(
     input_path = _resolve_input(Path(input_path), workdir)
     sources = discover_sources(input_path, workdir)
     if not sources:
-        _write_tables(workdir, {})
+        _write_tables(workdir, (), StageResult(workdir=workdir))
         raise HbrError(
             f"--input {input_path}: no zip, DICOM file or folder found; wrote empty tables in {workdir}"
         )
-    sources, results = _duplicate_stems(sources)
+    sources, clashing = _duplicate_stems(sources)
     _remove_temporaries(workdir / STATE_DIR)
     pending = [source for source in sources if _load_state(workdir, source, cfg) is None]
     outcome = StageResult(workdir=workdir, resumed=len(sources) - len(pending))
@@ -564,26 +581,21 @@ def run_stage(
 
         _run_pending(pending, workdir, cfg, record)
 
-    # Every table row comes from a state file, so a resumed run writes the same bytes.
-    for source in sources:
-        recorded = _load_state(workdir, source, cfg, check_images=False)
-        if recorded is None:
-            raise HbrError(f"lost the result of {source.path} (were outputs deleted during the run?); re-run")
-        results[source] = recorded
-    _write_tables(workdir, results)
+    def recorded() -> Iterator[tuple[Source, SourceResult]]:
+        # Every table row comes from a state file, so a resumed run writes the same bytes.
+        yield from clashing.items()
+        for source in sources:
+            result = _load_state(workdir, source, cfg, check_images=False)
+            if result is None:
+                raise HbrError(f"lost the result of {source.path} (were outputs deleted during the run?); re-run")
+            yield source, result
+
+    images = _write_tables(workdir, recorded(), outcome)
     # The image folders mirror the table: files of sources no longer in the input, and
     # temporaries of a killed run, go. They exist even when empty, for the next stage.
-    images = {row["Image"] for result in results.values() for row in result.rows}
     for folder, suffix in ((NPY_DIR, ".npy"), (PNG_DIR, ".png")):
         (workdir / folder).mkdir(exist_ok=True)
         remove_stale(workdir / folder, {f"{image}{suffix}" for image in images})
-
-    outcome.sources = len(results)
-    for result in results.values():
-        outcome.members += result.members
-        outcome.images += result.images
-        outcome.errors += len(result.errors)
-        outcome.skipped.update(result.skipped)
     return outcome
 
 

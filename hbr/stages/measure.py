@@ -11,7 +11,6 @@ was lost between stages, and writes the QC report to DIR/8_segment_result/report
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import math
 import os
@@ -25,7 +24,7 @@ import pandas as pd
 
 from hbr import cli
 from hbr.errors import HbrError
-from hbr.files import atomic_path, list_images, read_tsv, write_tsv
+from hbr.files import list_images, read_tsv, write_tsv, write_tsv_rows
 from hbr.landmarks import LANDMARKS, Box
 from hbr.measure import box_from_mask, geometry_cells, geometry_columns, read_mask
 from hbr.parallel import map_in_order
@@ -374,19 +373,16 @@ def measure_background(
 
 
 def write_rows(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> tuple[int, int]:
-    """Stream rows to a TSV atomically (memory flat in the number of images); (rows, rows with a missing landmark).
+    """Stream rows to a TSV atomically (memory flat in the number of images); (rows, rows with a missing landmark)."""
+    missing = 0
 
-    The csv module writes exactly what pandas' to_csv would, so the tables read back alike.
-    """
-    n = missing = 0
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-        writer.writerow(columns)
+    def cells() -> Iterator[list[str]]:
+        nonlocal missing
         for row in rows:
-            writer.writerow([row.get(c, "") for c in columns])
-            n += 1
             missing += "missing:" in row.get("status", "")
-    return n, missing
+            yield [row.get(c, "") for c in columns]
+
+    return write_tsv_rows(path, columns, cells()), missing
 
 
 # --------------------------------------------------------------------------- whole-run table
