@@ -609,15 +609,17 @@ def memory_check(args, phantom: Path, models: Path, root: Path) -> None:
         zips = replicate_zips(phantom / "zips", root / f"mem{n}_zips", n)
         runner = Runner(args, work, models, measure_disk=False, forward=False)
         plan = stage_plan(zips, models)
-        if args.memory_stages:
-            plan = [s for s in plan if any(s.name.startswith(p) for p in args.memory_stages)]
-        for st in plan:
+        wanted = [s for s in plan if not args.memory_stages or any(s.name.startswith(p) for p in args.memory_stages)]
+        # the stages before the last wanted one run too, unreported: they make its inputs
+        for st in plan[: plan.index(wanted[-1]) + 1] if wanted else []:
             runner.run(st)
+            if st not in wanted:
+                continue
             print(f"  {n:5d} zips {st.name:22s} {st.stats['images'] or 0:5d} images {st.stats['seconds']:7.2f} s; "
                   f"RSS after imports {st.stats['imports_mb']:5.0f} MB, peak {st.stats['self_mb']:5.0f} MB; "
                   f"largest worker {st.stats['worker_mb']:5.0f} MB; tree PSS {st.stats['pss_mb']:5.0f} MB, "
                   f"RSS {st.stats['tree_mb']:5.0f} MB", flush=True)
-        peaks[n] = plan
+        peaks[n] = wanted
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(root / f"mem{n}_zips", ignore_errors=True)
@@ -669,7 +671,8 @@ def main() -> None:
                         help="zips of the two memory-check runs (default 600 6000: with --n 1000, at least 100 images "
                              "in every stage)")
     parser.add_argument("--memory-stages", nargs="*", default=None,
-                        help="stage name prefixes for the memory check (default: every stage)")
+                        help="stage name prefixes for the memory check (default: every stage; the stages "
+                             "before them run too, unreported, to make their inputs)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the stage-1 baseline comparison")
     parser.add_argument("--profile", nargs="*", default=[], metavar="STAGE",
                         help="cProfile these stages (full names, e.g. 2_body_class) in the timed run")
