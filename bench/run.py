@@ -694,7 +694,8 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; predict batch {cfg.predict.batch_size} "
-          f"(segmenter {cfg.predict.segmenter_batch_size}), workers {cfg.predict.workers}; runtime {cfg.runtime}; dicom workers {cfg.dicom.workers}")
+          f"(segmenter {cfg.predict.segmenter_batch_size}), workers {cfg.predict.workers}; runtime {cfg.runtime}; "
+          f"dicom workers {cfg.dicom.workers}")
     phantom = make_phantom(root / "phantom", args.n, args.seed)
     models = ensure_models(args, root, phantom)
 
