@@ -156,20 +156,32 @@ def write_tsv(path: str | Path, table: pd.DataFrame) -> None:
     write_text(path, table.to_csv(sep="\t", index=False, lineterminator="\n"))
 
 
+def tsv_line(cells: Sequence) -> str:
+    """One table row as `write_tsv` writes it: cells tab-separated and quoted as pandas quotes them, with its newline."""
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter="\t", lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
+
+
+def write_tsv_lines(path: str | Path, columns: Sequence[str], lines: Iterable[str]) -> int:
+    """Atomically stream rows already formatted by `tsv_line` to a table under a header of `columns`;
+    the number of rows."""
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        out.write(tsv_line(columns))
+        for line in lines:
+            out.write(line)
+            n += 1
+    return n
+
+
 def write_tsv_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
     """Atomically stream rows (cells in `columns` order) to a tab-separated table; the number of rows.
 
     The same bytes as `write_tsv` of the same table (the csv module quotes as pandas does),
     without building the table or its text in memory first.
     """
-    n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(row)
-            n += 1
-    return n
+    return write_tsv_lines(path, columns, map(tsv_line, rows))
 
 
 def read_tsv(path: str | Path) -> pd.DataFrame:

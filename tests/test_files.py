@@ -19,7 +19,9 @@ from hbr.files import (
     write_bytes,
     write_npy,
     write_png,
+    tsv_line,
     write_tsv,
+    write_tsv_lines,
     write_tsv_rows,
 )
 
@@ -162,3 +164,7 @@ def test_streamed_rows_are_the_bytes_of_write_tsv(tmp_path):
     assert write_tsv_rows(tmp_path / "empty_rows.tsv", columns, []) == 0
     assert (tmp_path / "empty_rows.tsv").read_bytes() == (tmp_path / "empty_frame.tsv").read_bytes()
     assert read_tsv(tmp_path / "rows.tsv").values.tolist() == [list(r) for r in rows]
+    # rows formatted ahead (stage 1 keeps its sorted rows as lines) give the same bytes
+    assert tsv_line(rows[1]) == 'b\t"tab\there"\t\n'
+    assert write_tsv_lines(tmp_path / "lines.tsv", columns, [tsv_line(r) for r in rows]) == len(rows)
+    assert (tmp_path / "lines.tsv").read_bytes() == (tmp_path / "frame.tsv").read_bytes()

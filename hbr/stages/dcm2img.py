@@ -31,7 +31,6 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from operator import itemgetter
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 from pydicom.dataset import Dataset
@@ -52,7 +51,16 @@ from hbr.dicom import (
     read_header,
 )
 from hbr.errors import HbrError
-from hbr.files import TMP_PREFIX, remove_stale, write_npy, write_png, write_text, write_tsv_rows
+from hbr.files import (
+    TMP_PREFIX,
+    remove_stale,
+    tsv_line,
+    write_npy,
+    write_png,
+    write_text,
+    write_tsv_lines,
+    write_tsv_rows,
+)
 
 STAGE = "1_dcm2img"
 NPY_DIR = "1_Total_Body_npy"
@@ -519,25 +527,24 @@ def _write_tables(workdir: Path, results: Iterable[tuple[Source, SourceResult]],
     """Write dcm_table.tsv, 1_errors.tsv and 1_summary.tsv, sorted so that order never matters;
     add the results to `outcome`; return the image ids.
 
-    The tables hold every image of the run, so each row is kept as a tuple of its cells
-    rather than a dict with its own keys: the stage peaked at 108 instead of 127 MB on
-    12,000 images.
+    The tables hold every image of the run, so each row is kept as its sort key and its
+    finished line of text: ~0.4 KiB an image, where a tuple of its cells took 1.8 KiB and
+    a dict 3.3 KiB.
     """
     rows, errors, summary = [], [], []
     for source, result in results:
-        rows += [tuple(row.get(c, "") for c in TABLE_COLUMNS) for row in result.rows]
+        rows += [(row["Image"], tsv_line([row.get(c, "") for c in TABLE_COLUMNS])) for row in result.rows]
         errors += [tuple(error[c] for c in ERROR_COLUMNS) for error in result.errors]
         line = result.summary(source)
-        summary.append(tuple(line[c] for c in SUMMARY_COLUMNS))
+        summary.append(((line["source"], line["file"]), tsv_line([line[c] for c in SUMMARY_COLUMNS])))
         outcome.add(result)
-    image = TABLE_COLUMNS.index("Image")
-    rows.sort(key=itemgetter(image))
+    rows.sort()  # by image id (unique)
     errors.sort()  # by file, member, reason
-    summary.sort(key=itemgetter(0, 1))  # by source, file
-    write_tsv_rows(workdir / TABLE_FILE, TABLE_COLUMNS, rows)
+    summary.sort()  # by source, file
+    write_tsv_lines(workdir / TABLE_FILE, TABLE_COLUMNS, (line for _, line in rows))
     write_tsv_rows(workdir / ERRORS_FILE, ERROR_COLUMNS, errors)
-    write_tsv_rows(workdir / SUMMARY_FILE, SUMMARY_COLUMNS, summary)
-    return {row[image] for row in rows}
+    write_tsv_lines(workdir / SUMMARY_FILE, SUMMARY_COLUMNS, (line for _, line in summary))
+    return {image for image, _ in rows}
 
 
 def _resolve_input(input_path: Path, workdir: Path) -> Path:
