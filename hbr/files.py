@@ -152,8 +152,10 @@ def read_npy(path: str | Path) -> np.ndarray:
 
 
 def write_tsv(path: str | Path, table: pd.DataFrame) -> None:
-    """Atomically write a DataFrame as a tab-separated table without index."""
-    write_text(path, table.to_csv(sep="\t", index=False, lineterminator="\n"))
+    """Atomically write a DataFrame as a tab-separated table without index (streamed: the
+    table's text is never whole in memory)."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, lineterminator="\n", encoding="utf-8")
 
 
 def tsv_line(cells: Sequence) -> str:
@@ -184,9 +186,11 @@ def write_tsv_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequ
     return write_tsv_lines(path, columns, map(tsv_line, rows))
 
 
-def read_tsv(path: str | Path) -> pd.DataFrame:
-    """Read a tab-separated table with every column as text (no type guessing)."""
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+def read_tsv(path: str | Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """Read a tab-separated table with every column as text (no type guessing); only the
+    `columns` that it has when they are given."""
+    usecols = None if columns is None else set(columns).__contains__
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, usecols=usecols)
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:

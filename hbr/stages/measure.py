@@ -53,10 +53,13 @@ PHENOTYPE_DECIMALS = 6
 # --------------------------------------------------------------------------- tables
 
 
-def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """A TSV of the work directory with its required columns, or HbrError naming the file."""
+def read_table(path: Path, required: Sequence[str], required_only: bool = False) -> pd.DataFrame:
+    """A TSV of the work directory with its required columns, or HbrError naming the file.
+
+    With `required_only` the other columns are not read: whole-run tables are large.
+    """
     try:
-        table = read_tsv(path)
+        table = read_tsv(path, required if required_only else None)
     except FileNotFoundError:
         raise HbrError(f"{path}: not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -64,7 +67,8 @@ def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
         raise HbrError(f"{path}: not a readable tab-separated table ({reason})") from None
     missing = [c for c in required if c not in table.columns]
     if missing:
-        raise HbrError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(table.columns)})")
+        has = read_tsv(path).columns if required_only else table.columns
+        raise HbrError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(has)})")
     return table
 
 
@@ -130,18 +134,20 @@ def read_stage_table(path: Path, stage: str, background: str = "", decisions=(KE
     if not path.exists():
         return StageTable(stage, background, path, None)
     columns = ["Image", "decision", "reason"] + (["background"] if stage == "4_background_class" else [])
-    table = read_table(path, columns)
+    table = read_table(path, columns, required_only=True)
     bad = sorted(set(table["decision"]) - set(decisions))
     if bad:
         raise HbrError(f"{path}: unknown decision(s) {', '.join(map(repr, bad))}; expected {', '.join(decisions)}")
     verdicts: dict[str, Verdict] = {}
+    shared: dict[Verdict, Verdict] = {}  # most images share a verdict ("keep", ""): one object each
     duplicates = []
     background_col = table["background"] if "background" in table.columns else [""] * len(table)
     for image, decision, reason, bg in zip(table["Image"], table["decision"], table["reason"], background_col):
         if image in verdicts:
             duplicates.append(image)
             continue  # the first row wins; the accounting check reports the duplicate
-        verdicts[image] = Verdict(decision, reason, bg if stage == "4_background_class" else "")
+        verdict = Verdict(decision, reason, bg if stage == "4_background_class" else "")
+        verdicts[image] = shared.setdefault(verdict, verdict)
     return StageTable(stage, background, path, verdicts, tuple(duplicates))
 
 
@@ -162,13 +168,14 @@ class RunState:
 
 
 def read_segment_table(workdir: Path, bak: str) -> Optional[pd.DataFrame]:
-    """segment_table_{bak}.tsv as text, or None when stage 8 has not run for `bak`."""
+    """The Image, geometry, phenotype and status columns of segment_table_{bak}.tsv as text, or
+    None when stage 8 has not run for `bak`."""
     path = segment_table_path(workdir, bak)
     if not path.exists():
         return None
     required = ["Image", "status"] + geometry_columns() + phenotype_columns()
     try:
-        return read_table(path, required)
+        return read_table(path, required, required_only=True)
     except HbrError as exc:
         raise HbrError(f"{exc}; re-run 8_cal_segment.py {bak}") from None
 
@@ -437,22 +444,27 @@ def build_hbr_table(state: RunState) -> pd.DataFrame:
     value_columns = geometry_columns() + phenotype_columns() + ["status"]
     segments = {bak: t.drop_duplicates("Image") for bak, t in state.measured.items() if t is not None}
     measured_ids = {bak: (set(segments[bak]["Image"]) if bak in segments else None) for bak in BACKGROUNDS}
-    dcm = state.dcm.drop_duplicates("Image")
+    dcm = state.dcm
+    if dcm["Image"].duplicated().any():
+        dcm = dcm.drop_duplicates("Image")
+    dcm = dcm.reset_index(drop=True)
     fates = []
     for image in dcm["Image"]:
         background, excluded_by, reason = trace_image(image, state, measured_ids)
         # which segment table holds the image's values ("" when it was not measured)
         source = state.background.verdicts[image].decision if excluded_by == NONE else ""
-        fates.append((image, background, excluded_by, reason, source))
-    fate = pd.DataFrame(fates, columns=["Image", "background", "excluded_by", "reason", "_source"], dtype=str)
+        fates.append((background, excluded_by, reason, source))
+    fate = pd.DataFrame(fates, columns=["background", "excluded_by", "reason", "_source"], dtype=str)
     values = pd.concat(
         [pd.DataFrame(columns=["Image", "_source"] + value_columns, dtype=str)]
         + [t[["Image"] + value_columns].assign(_source=bak) for bak, t in segments.items()],
         ignore_index=True,
-    )
-    # left merges keep dcm_table's row order; vectorised, as per-row lookups are slow at biobank scale
-    table = dcm.merge(fate, on="Image", how="left").merge(values, on=["Image", "_source"], how="left")
-    return table[hbr_table_columns(state.dcm.columns)].fillna("").astype(str)
+    ).set_index(["Image", "_source"])
+    # each image's values, looked up at once (per-row lookups are slow at biobank scale); the
+    # table is assembled in one copy, in dcm_table's row order
+    values = values.reindex(pd.MultiIndex.from_arrays([dcm["Image"], fate["_source"]]), fill_value="")
+    values.index = dcm.index
+    return pd.concat([dcm, fate.drop(columns="_source"), values], axis=1)
 
 
 # --------------------------------------------------------------------------- accounting
@@ -643,7 +655,7 @@ def check_accounting(workdir: str | Path) -> list[str]:
     workdir = Path(workdir)
     state = load_run_state(workdir)
     hbr_path = result_dir(workdir) / HBR_TABLE
-    hbr = read_table(hbr_path, ["Image"]) if hbr_path.exists() else None
+    hbr = read_table(hbr_path, ["Image"], required_only=True) if hbr_path.exists() else None
     return accounting_problems(state, hbr)
 
 
@@ -690,7 +702,7 @@ def rebuild_results(workdir: Path, report: bool = True) -> tuple[pd.DataFrame, p
     state = load_run_state(workdir)
     hbr = build_hbr_table(state)
     write_tsv(result_dir(workdir) / HBR_TABLE, hbr)
-    problems = accounting_problems(state, read_table(result_dir(workdir) / HBR_TABLE, ["Image"]))
+    problems = accounting_problems(state, read_table(result_dir(workdir) / HBR_TABLE, ["Image"], required_only=True))
     stages = funnel(state)
     if report:
         from hbr.report import write_report  # matplotlib is imported only when a report is wanted
