@@ -21,11 +21,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from hbr.config import RuntimeConfig
-from hbr.devices import autocast, batch_to_device
+from hbr.devices import autocast, batch_to_device, release_freed_memory
 from hbr.parallel import in_order
 
 CPU_LANES = 2  # each lane holds one batch in memory
 FINISH_THREADS = 2  # `finish` threads beside a GPU or loader workers
+TRIM_EVERY = 64  # CPU batches between returns of freed memory to the system (hbr.devices.release_freed_memory)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, **kwargs) -> DataLoader:
@@ -87,7 +88,10 @@ def predict_batches(
 
         def lane(start: int):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            return done(*_forward(model, default_collate(items), device, runtime, postprocess))
+            result = done(*_forward(model, default_collate(items), device, runtime, postprocess))
+            if (start // batch_size) % TRIM_EVERY == TRIM_EVERY - 1:
+                release_freed_memory()
+            return result
 
         starts = range(0, len(dataset), batch_size)
         yield from in_order((partial(lane, start) for start in starts), CPU_LANES, "hbr-lane")
