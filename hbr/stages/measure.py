@@ -704,6 +704,7 @@ def rebuild_results(workdir: Path, report: bool = True) -> tuple[pd.DataFrame, p
     write_tsv(result_dir(workdir) / HBR_TABLE, hbr)
     problems = accounting_problems(state, read_table(result_dir(workdir) / HBR_TABLE, ["Image"], required_only=True))
     stages = funnel(state)
+    del state  # the decision tables: their memory goes to the report's charts instead
     if report:
         from hbr.report import write_report  # matplotlib is imported only when a report is wanted
 
