@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 
 import torch
 
@@ -88,26 +87,3 @@ def batch_to_device(x: torch.Tensor, device: torch.device, runtime: RuntimeConfi
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
-
-def _find_malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc (Linux); absent from other C libraries
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _find_malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand memory the C allocator holds for freed blocks back to the system (glibc's
-    malloc_trim; nothing on other systems).
-
-    Long CPU predictions free and allocate large activation buffers in two threads; glibc
-    keeps the freed pages, so the process grew through a run: stage 7 black peaked at
-    1150-1296 MB on 3,168 images (9 runs) against ~1090 MB on 323. Trimming every 64
-    batches: 1133-1148 MB at the same speed; every 16: 1100-1146 MB but ~5 % slower;
-    after every batch: 1087-1088 MB but 15-25 % slower.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)

@@ -152,6 +152,17 @@ def test_single_zip_input(tmp_path, make_dicom, make_zip):
 # ---------------------------------------------------------------- bad input
 
 
+def test_table_rows_by_source_name_then_image(tmp_path, make_dicom, make_zip):
+    """dcm_table is written as the sources are read back, by source name: for names of one
+    length (UK Biobank's) that is image-id order; here a longer name sorts its images apart."""
+    for stem in ("x_1", "x", "y"):
+        make_zip(tmp_path / "in" / f"{stem}.zip", {"a.dcm": make_dicom(instance=5), "b.dcm": make_dicom(instance=12)})
+    assert run_stage1(tmp_path / "in", tmp_path / "work") == 0
+    table, _, summary = tables(tmp_path / "work")
+    assert list(table["Image"]) == ["x_12", "x_5", "x_1_12", "x_1_5", "y_12", "y_5"]
+    assert list(summary["source"]) == ["x", "x_1", "y"]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "cut in half"])
 def test_corrupt_zip(tmp_path, make_dicom, make_zip, damage):
     good = good_zip(tmp_path / "in", make_dicom, make_zip)

@@ -214,11 +214,12 @@ def test_cpu_lanes_give_the_batches_of_one_loop_in_order():
 
 def test_cpu_lanes_return_freed_memory_every_few_batches(monkeypatch):
     """Long CPU predictions hand freed memory back to the system every TRIM_EVERY batches."""
+    import hbr.memory
     import hbr.prediction as prediction
 
     calls = []
     monkeypatch.setattr(prediction, "TRIM_EVERY", 3)
-    monkeypatch.setattr(prediction, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(hbr.memory, "release_freed_memory", lambda: calls.append(1))
     items = [(torch.zeros(2), i) for i in range(20)]  # 10 batches of 2
     got = list(prediction.predict_batches(torch.nn.Identity(), items, 2, 0, torch.device("cpu"),
                                           RuntimeConfig(cpu_bf16=False)))
