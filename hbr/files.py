@@ -17,7 +17,7 @@ import struct
 import threading
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -158,32 +158,28 @@ def write_tsv(path: str | Path, table: pd.DataFrame) -> None:
         table.to_csv(tmp, sep="\t", index=False, lineterminator="\n", encoding="utf-8")
 
 
-def tsv_line(cells: Sequence) -> str:
-    """One table row as `write_tsv` writes it: cells tab-separated and quoted as pandas quotes them, with its newline."""
-    buffer = io.StringIO()
-    csv.writer(buffer, delimiter="\t", lineterminator="\n").writerow(cells)
-    return buffer.getvalue()
-
-
-def write_tsv_lines(path: str | Path, columns: Sequence[str], lines: Iterable[str]) -> int:
-    """Atomically stream rows already formatted by `tsv_line` to a table under a header of `columns`;
-    the number of rows."""
-    n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
-        out.write(tsv_line(columns))
-        for line in lines:
-            out.write(line)
-            n += 1
-    return n
-
-
-def write_tsv_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
-    """Atomically stream rows (cells in `columns` order) to a tab-separated table; the number of rows.
+@contextlib.contextmanager
+def tsv_writer(path: str | Path, columns: Sequence[str]) -> Iterator[Callable[[Sequence], None]]:
+    """Atomically write a tab-separated table row by row: yields a function that writes one
+    row (its cells in `columns` order). The file appears, complete, when the block ends.
 
     The same bytes as `write_tsv` of the same table (the csv module quotes as pandas does),
     without building the table or its text in memory first.
     """
-    return write_tsv_lines(path, columns, map(tsv_line, rows))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        yield writer.writerow
+
+
+def write_tsv_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """Atomically stream rows (cells in `columns` order) to a tab-separated table; the number of rows."""
+    n = 0
+    with tsv_writer(path, columns) as write_row:
+        for row in rows:
+            write_row(row)
+            n += 1
+    return n
 
 
 def read_tsv(path: str | Path, columns: Iterable[str] | None = None) -> pd.DataFrame:

@@ -442,6 +442,19 @@ def test_workers_do_not_change_the_tables(tmp_path, make_dicom, make_zip):
     assert table_bytes(tmp_path / "serial") == table_bytes(tmp_path / "parallel")
 
 
+def test_changed_loose_file_beside_a_zip_is_converted_again(tmp_path, make_dicom, make_zip):
+    """A folder's loose files are one source, its zips others: changing a loose file makes a
+    re-run convert that folder again, even though the zip beside it did not change."""
+    visit = tmp_path / "in" / "visit"
+    good_zip(visit, make_dicom, make_zip)
+    (visit / "a.dcm").write_bytes(make_dicom(instance=11))
+    assert run_stage1(tmp_path / "in", tmp_path / "work") == 0
+    (visit / "a.dcm").write_bytes(make_dicom(instance=14, pixels=np.zeros((30, 20), np.uint8)))
+    assert run_stage1(tmp_path / "in", tmp_path / "work") == 0
+    images = set(tables(tmp_path / "work")[0]["Image"])
+    assert "visit_14" in images and "visit_11" not in images
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 

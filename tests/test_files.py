@@ -19,9 +19,8 @@ from hbr.files import (
     write_bytes,
     write_npy,
     write_png,
-    tsv_line,
+    tsv_writer,
     write_tsv,
-    write_tsv_lines,
     write_tsv_rows,
 )
 
@@ -164,7 +163,12 @@ def test_streamed_rows_are_the_bytes_of_write_tsv(tmp_path):
     assert write_tsv_rows(tmp_path / "empty_rows.tsv", columns, []) == 0
     assert (tmp_path / "empty_rows.tsv").read_bytes() == (tmp_path / "empty_frame.tsv").read_bytes()
     assert read_tsv(tmp_path / "rows.tsv").values.tolist() == [list(r) for r in rows]
-    # rows formatted ahead (stage 1 keeps its sorted rows as lines) give the same bytes
-    assert tsv_line(rows[1]) == 'b\t"tab\there"\t\n'
-    assert write_tsv_lines(tmp_path / "lines.tsv", columns, [tsv_line(r) for r in rows]) == len(rows)
-    assert (tmp_path / "lines.tsv").read_bytes() == (tmp_path / "frame.tsv").read_bytes()
+    # row by row, two tables at once (as stage 1 writes dcm_table and 1_summary): the same
+    # bytes, and nothing at either path until the block ends
+    with tsv_writer(tmp_path / "one.tsv", columns) as one, tsv_writer(tmp_path / "two.tsv", columns) as two:
+        for row in rows:
+            one(row)
+            two(row)
+        assert not (tmp_path / "one.tsv").exists() and not (tmp_path / "two.tsv").exists()
+    for name in ("one.tsv", "two.tsv"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "frame.tsv").read_bytes()
