@@ -86,4 +86,3 @@ def batch_to_device(x: torch.Tensor, device: torch.device, runtime: RuntimeConfi
     if uses_reduced_precision(device, runtime):
         x = x.contiguous(memory_format=torch.channels_last)
     return x
-
