@@ -15,7 +15,7 @@ import itertools
 def _find_malloc_trim():
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc (Linux); absent from other C libraries
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows cannot open "no library"
         return None
 
 
