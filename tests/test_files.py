@@ -16,10 +16,10 @@ from hbr.files import (
     link_or_copy,
     read_npy,
     read_tsv,
+    tsv_writer,
     write_bytes,
     write_npy,
     write_png,
-    tsv_writer,
     write_tsv,
     write_tsv_rows,
 )

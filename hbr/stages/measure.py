@@ -444,10 +444,9 @@ def build_hbr_table(state: RunState) -> pd.DataFrame:
     value_columns = geometry_columns() + phenotype_columns() + ["status"]
     segments = {bak: t.drop_duplicates("Image") for bak, t in state.measured.items() if t is not None}
     measured_ids = {bak: (set(segments[bak]["Image"]) if bak in segments else None) for bak in BACKGROUNDS}
-    dcm = state.dcm
+    dcm = state.dcm  # read_tsv's RangeIndex, which the columns assembled below share
     if dcm["Image"].duplicated().any():
-        dcm = dcm.drop_duplicates("Image")
-    dcm = dcm.reset_index(drop=True)
+        dcm = dcm.drop_duplicates("Image", ignore_index=True)
     fates = []
     for image in dcm["Image"]:
         background, excluded_by, reason = trace_image(image, state, measured_ids)
