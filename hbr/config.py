@@ -7,6 +7,7 @@ falls back to a default. The resolved config is written into the work directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import typing
@@ -110,9 +111,32 @@ class PredictConfig:
     chunk_size: int = 1024  # images per resumable chunk: a re-run after a kill redoes at most one chunk
 
 
+# CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic. Without them oneDNN
+# emulates bfloat16: on an AVX2-only CPU a batch of the demo U-Net took 3.6 s against 0.70 s in
+# float32, a training step 10.8x longer; with AMX, bfloat16 was about 2x faster than float32.
+NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def has_native_bf16(cpu_flags: Iterable[str]) -> bool:
+    """True when a CPU with these flags computes bfloat16 natively."""
+    return not NATIVE_BF16_FLAGS.isdisjoint(cpu_flags)
+
+
+@functools.lru_cache(maxsize=1)
+def this_cpu_has_native_bf16() -> bool:
+    """`has_native_bf16` for this machine's CPU (False where /proc/cpuinfo does not say)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return has_native_bf16(flags)
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
-    cpu_bf16: bool = True  # bfloat16 autocast + channels_last on CPU (about 2x faster here)
+    # bfloat16 autocast + channels_last on CPU; "auto" (the default) = on where the CPU has native bfloat16
+    cpu_bf16: bool = field(default_factory=this_cpu_has_native_bf16)
     threads: int = 0  # torch intra-op threads (0 = torch default)
 
 
@@ -168,8 +192,13 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if typ is str:
             return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: {value!r} is not a valid {typ.__name__}") from None
+        or_auto = " (or auto)" if key in AUTO_KEYS else ""
+        raise ConfigError(f"{key}: {value!r} is not a valid {typ.__name__}{or_auto}") from None
     raise ConfigError(f"{key}: unsupported type {typ}")
+
+
+# keys that also take "auto": the built-in default, which depends on the machine
+AUTO_KEYS = frozenset({"runtime.cpu_bf16"})
 
 
 def _build(cls, data: Any, prefix: str = ""):
@@ -194,6 +223,8 @@ def _build(cls, data: Any, prefix: str = ""):
             # merge onto the default of this section (which may differ from typ())
             base = dataclasses.asdict(getattr(defaults, name))
             kwargs[name] = _build(typ, _deep_merge(base, data[name] or {}, key), key + ".")
+        elif key in AUTO_KEYS and str(data[name]).strip().lower() == "auto":
+            kwargs[name] = getattr(defaults, name)
         else:
             kwargs[name] = _coerce(data[name], typ, key)
     return dataclasses.replace(defaults, **kwargs)

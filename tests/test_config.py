@@ -3,7 +3,15 @@
 import pytest
 
 from hbr.cli import DEFAULT_CONFIG, REPO_ROOT
-from hbr.config import Config, ConfigError, dump_config, load_config, valid_keys
+from hbr.config import (
+    Config,
+    ConfigError,
+    dump_config,
+    has_native_bf16,
+    load_config,
+    this_cpu_has_native_bf16,
+    valid_keys,
+)
 
 
 def test_default_yaml_equals_builtin_defaults():
@@ -54,7 +62,7 @@ def test_frozen_and_round_trip(tmp_path):
 def test_small_bf16_inputs_are_refused_and_fp32_allows_them():
     """A 1-pixel-wide deepest layer trains nondeterministically in bfloat16 on AMX CPUs."""
     with pytest.raises(ConfigError, match=r"segmenter.input_width = 32.*at least 64.*cpu_bf16=false"):
-        load_config(None, ["segmenter.input_width=32"])
+        load_config(None, ["segmenter.input_width=32", "runtime.cpu_bf16=true"])
     cfg = load_config(None, ["segmenter.input_width=32", "runtime.cpu_bf16=false"])
     assert cfg.segmenter.input_width == 32
     assert load_config(None, ["classifier.input_height=64", "classifier.input_width=64"]).classifier.input_width == 64
@@ -65,3 +73,24 @@ def test_prediction_batches_and_chunks_must_hold_an_image(key):
     with pytest.raises(ConfigError, match=rf"predict.{key} = 0: must be at least 1"):
         load_config(None, [f"predict.{key}=0"])
     assert getattr(load_config(None, [f"predict.{key}=1"]).predict, key) == 1
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse2 avx avx2 fma", False),  # AVX2 only: bfloat16 emulated, several times slower
+    ("avx2 avx512f avx512bw avx512_bf16", True),
+    ("avx2 avx512f amx_bf16 amx_tile", True),
+])
+def test_bf16_only_where_the_cpu_has_it(flags, native):
+    assert has_native_bf16(flags.split()) is native
+
+
+def test_cpu_bf16_auto_follows_this_cpu_and_true_false_override_it():
+    assert load_config(None).runtime.cpu_bf16 is this_cpu_has_native_bf16()
+    assert load_config(None, ["runtime.cpu_bf16=auto"]).runtime.cpu_bf16 is this_cpu_has_native_bf16()
+    assert load_config(DEFAULT_CONFIG).runtime.cpu_bf16 is this_cpu_has_native_bf16()
+    assert load_config(None, ["runtime.cpu_bf16=true"]).runtime.cpu_bf16 is True
+    assert load_config(None, ["runtime.cpu_bf16=off"]).runtime.cpu_bf16 is False
+    with pytest.raises(ConfigError, match=r"runtime.cpu_bf16: 'sometimes' is not a valid bool \(or auto\)"):
+        load_config(None, ["runtime.cpu_bf16=sometimes"])
+    with pytest.raises(ConfigError, match=r"classifier.pretrained: 'auto' is not a valid bool$"):
+        load_config(None, ["classifier.pretrained=auto"])
