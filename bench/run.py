@@ -692,7 +692,7 @@ def main() -> None:
     from hbr.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+    print(f"machine: {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; predict batch {cfg.predict.batch_size} "
           f"(segmenter {cfg.predict.segmenter_batch_size}), workers {cfg.predict.workers}; runtime {cfg.runtime}; "
           f"dicom workers {cfg.dicom.workers}")

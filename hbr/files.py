@@ -1,7 +1,8 @@
 """File helpers: atomic writes, hard links, TSV tables and image folders.
 
 Every output is written to a temporary name in the same folder and renamed, so a
-killed run never leaves a half-written file that a re-run would trust.
+killed run never leaves a half-written file that a re-run would trust; only stage 7's
+masks go straight to their names, as a killed chunk of them is redone whole (hbr.resume).
 """
 
 from __future__ import annotations
@@ -56,10 +57,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Atomically write bytes."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Write `data` into a new file at `path`, replacing (never rewriting in place) a file
+    there, which may have other hard links; the folder is made when missing.
+
+    os.open/os.write and a folder made only when missing: on tmpfs a 3.5 KB file took 18 us
+    instead of 30 us with open().write and 46 us with an unconditional mkdir first.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:
+        path.unlink()
+        fd = os.open(path, flags, 0o666)
+    try:
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | Path, data: bytes, atomic: bool = True) -> None:
+    """Write bytes to `path`: atomically (through a temporary renamed onto `path`), or,
+    with `atomic` False, straight into a new file at `path` for a caller that redoes an
+    interrupted write before anything reads the file (hbr.resume: a killed chunk is redone
+    whole)."""
+    path = Path(path)
+    if not atomic:
+        _write_new_file(path, data)
+        return
+    tmp = _temporary_name(path)
+    try:
+        _write_new_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _discard(tmp, path, exc)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -121,9 +158,9 @@ def encode_png(image: np.ndarray, row_filter: str = "up") -> bytes:
     return b"".join((PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", pixels), _png_chunk(b"IEND", b"")))
 
 
-def write_png(path: str | Path, image: np.ndarray, row_filter: str = "up") -> None:
-    """Atomically save an image as PNG (`row_filter` "none" for masks, see encode_png)."""
-    write_bytes(path, encode_png(image, row_filter))
+def write_png(path: str | Path, image: np.ndarray, row_filter: str = "up", atomic: bool = True) -> None:
+    """Save an image as PNG (`row_filter` "none" for masks, see encode_png; `atomic`, see write_bytes)."""
+    write_bytes(path, encode_png(image, row_filter), atomic)
 
 
 # The header np.save writes for a plain, C-ordered array, parsed here: np.load parses it with

@@ -10,6 +10,7 @@ import pytest
 
 from hbr.files import (
     TMP_PREFIX,
+    _temporary_name,
     encode_png,
     image_folders,
     keep_images,
@@ -103,6 +104,25 @@ def test_atomic_write_makes_its_folder_and_leaves_no_temporary(tmp_path: Path):
         write_bytes(target, "not bytes")  # a failed write keeps the old file and no temporary
     assert target.read_bytes() == b"c\td\n"
     assert [p.name for p in target.parent.iterdir()] == ["table.tsv"]
+
+
+def test_a_temporary_left_by_a_killed_run_is_replaced(tmp_path: Path):
+    target = tmp_path / "mask.png"
+    _temporary_name(target).write_bytes(b"half a file")  # same process id and thread as this write
+    write_bytes(target, b"png")
+    assert target.read_bytes() == b"png"
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]
+
+
+def test_direct_write_makes_its_folder_and_replaces_without_touching_other_links(tmp_path: Path):
+    target = tmp_path / "masks" / "a.png"
+    write_bytes(target, b"first", atomic=False)
+    snapshot = tmp_path / "snapshot.png"
+    snapshot.hardlink_to(target)  # e.g. a user's `cp -al` copy of the work directory
+    write_bytes(target, b"second", atomic=False)
+    assert target.read_bytes() == b"second"
+    assert snapshot.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["a.png"]
 
 
 def test_a_failed_write_names_the_file_asked_for(tmp_path: Path):
