@@ -113,7 +113,7 @@ class PredictConfig:
 
 # CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic. Without them oneDNN
 # emulates bfloat16: on an AVX2-only CPU a batch of the demo U-Net took 3.6 s against 0.70 s in
-# float32, a training step 10.8x longer; with AMX, bfloat16 was about 2x faster than float32.
+# float32, a training step about 11x longer; with AMX, bfloat16 was about 2x faster than float32.
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
