@@ -44,10 +44,14 @@ def _discard(tmp: Path, path: Path, exc: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (not created); rename it onto `path` if the block succeeds."""
+def atomic_path(path: str | Path, make_folder: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (not created); rename it onto `path` if the block succeeds.
+
+    `make_folder` False: the block makes the folder itself when missing (see _write_new_file).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path)
     try:
         yield tmp
@@ -90,13 +94,8 @@ def write_bytes(path: str | Path, data: bytes, atomic: bool = True) -> None:
     if not atomic:
         _write_new_file(path, data)
         return
-    tmp = _temporary_name(path)
-    try:
+    with atomic_path(path, make_folder=False) as tmp:
         _write_new_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _discard(tmp, path, exc)
-        raise
 
 
 def write_text(path: str | Path, text: str) -> None:
