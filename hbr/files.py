@@ -1,8 +1,7 @@
 """File helpers: atomic writes, hard links, TSV tables and image folders.
 
 Every output is written to a temporary name in the same folder and renamed, so a
-killed run never leaves a half-written file that a re-run would trust; only stage 7's
-masks go straight to their names, as a killed chunk of them is redone whole (hbr.resume).
+killed run never leaves a half-written file that a re-run or a user would trust.
 """
 
 from __future__ import annotations
@@ -85,15 +84,9 @@ def _write_new_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def write_bytes(path: str | Path, data: bytes, atomic: bool = True) -> None:
-    """Write bytes to `path`: atomically (through a temporary renamed onto `path`), or,
-    with `atomic` False, straight into a new file at `path` for a caller that redoes an
-    interrupted write before anything reads the file (hbr.resume: a killed chunk is redone
-    whole)."""
-    path = Path(path)
-    if not atomic:
-        _write_new_file(path, data)
-        return
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write bytes to `path` (through a temporary renamed onto it); the folder is
+    made when missing."""
     with atomic_path(path, make_folder=False) as tmp:
         _write_new_file(tmp, data)
 
@@ -157,9 +150,9 @@ def encode_png(image: np.ndarray, row_filter: str = "up") -> bytes:
     return b"".join((PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", pixels), _png_chunk(b"IEND", b"")))
 
 
-def write_png(path: str | Path, image: np.ndarray, row_filter: str = "up", atomic: bool = True) -> None:
-    """Save an image as PNG (`row_filter` "none" for masks, see encode_png; `atomic`, see write_bytes)."""
-    write_bytes(path, encode_png(image, row_filter), atomic)
+def write_png(path: str | Path, image: np.ndarray, row_filter: str = "up") -> None:
+    """Atomically save an image as PNG (`row_filter` "none" for masks, see encode_png)."""
+    write_bytes(path, encode_png(image, row_filter))
 
 
 # The header np.save writes for a plain, C-ordered array, parsed here: np.load parses it with

@@ -114,12 +114,12 @@ def test_a_temporary_left_by_a_killed_run_is_replaced(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]
 
 
-def test_direct_write_makes_its_folder_and_replaces_without_touching_other_links(tmp_path: Path):
+def test_a_write_replaces_a_file_without_touching_its_other_links(tmp_path: Path):
     target = tmp_path / "masks" / "a.png"
-    write_bytes(target, b"first", atomic=False)
+    write_bytes(target, b"first")
     snapshot = tmp_path / "snapshot.png"
     snapshot.hardlink_to(target)  # e.g. a user's `cp -al` copy of the work directory
-    write_bytes(target, b"second", atomic=False)
+    write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert snapshot.read_bytes() == b"first"
     assert [p.name for p in target.parent.iterdir()] == ["a.png"]

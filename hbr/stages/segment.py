@@ -159,10 +159,7 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
         full = input_to_original(prob[channels], placement) if save_npy else None
         for k, (name, c) in enumerate(zip(wanted, channels)):
             folder = mask_folder(ctx.workdir, name, bak)
-            # not through a temporary (a killed chunk is redone whole, see hbr.resume): a
-            # mask file costs one file system update instead of two, 7 times an image
-            write_png(folder / f"{image_id}.png", mask_to_original(prob[c], placement, floor), row_filter="none",
-                      atomic=False)
+            write_png(folder / f"{image_id}.png", mask_to_original(prob[c], placement, floor), row_filter="none")
             if full is not None:
                 write_npy(folder / f"{image_id}.npy", full[k].astype(np.float16))
 
