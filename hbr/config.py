@@ -99,6 +99,9 @@ class SegmenterConfig:
     threshold: float = 0.5  # mask probability threshold in stage 8
     mask_floor: float = 0.01  # probabilities under this are saved as 0 in the PNG masks
     save_npy: bool = False  # also save float masks as .npy
+    # the black and white U-Nets also learn from each other's LabelMe files, those images'
+    # polarity swapped (as classifier.share_backgrounds): white-background scans are few
+    share_backgrounds: bool = True
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=4))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5))
 

@@ -8,8 +8,9 @@ saved as a uint8 PNG (probability x 255) in 7_segment_predicted_{landmark}_{bak}
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,8 @@ from hbr.data import PredictionSet, Preprocess, SegmenterSet
 from hbr.errors import HbrError
 from hbr.evaluate import box_iou
 from hbr.files import image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
-from hbr.imaging import input_to_original, mask_to_original
-from hbr.labels import labelme_files, read_labelme
+from hbr.imaging import input_to_original, mask_to_original, swap_background
+from hbr.labels import LabelledImage, labelme_files, read_labelme
 from hbr.landmarks import HEAD, LANDMARKS, check_landmarks
 from hbr.measure import box_from_mask
 from hbr.models import create_model
@@ -92,26 +93,67 @@ class SegmenterObjective:
         return out
 
 
-def _read_labels(folder: Path, workdir: Path, min_images: int):
-    files = labelme_files(folder)
-    if not files:
-        raise HbrError(f"{folder}: no LabelMe .json files")
+def label_folder_names(bak: str) -> list[str]:
+    """Label folder names of one background: ours, then upstream's."""
+    return [f"7_segment_{bak}", f"7_segment_masked_{bak}_direct/in"]
+
+
+def shared_label_folder(ctx: Context, bak: str, folder: Path) -> Optional[Path]:
+    """The other background's LabelMe folder that this background's U-Net also learns from
+    (segmenter.share_backgrounds), or None.
+
+    It is `folder` with the background swapped in its 7_segment_* name (labels/7_segment_white
+    -> labels/7_segment_black, also in upstream's names), else the other background's folder
+    looked up like this one's.
+    """
+    if not ctx.cfg.segmenter.share_backgrounds:
+        return None
+    other = next(b for b in cli.BACKGROUNDS if b != bak)
+    swapped = Path(*(part.replace(f"_{bak}", f"_{other}") if part.startswith(STAGE) else part
+                     for part in folder.parts))
+    for candidate in (swapped, label_location(ctx, label_folder_names(other))):
+        if candidate != folder and candidate.is_dir() and labelme_files(candidate):
+            return candidate
+    return None
+
+
+def _read_labelme_folder(folder: Path, workdir: Path) -> list[LabelledImage]:
+    """The usable LabelMe files of a folder; a bad file is reported and skipped."""
     items = []
-    for path in files:
+    for path in labelme_files(folder):
         try:
             items.append(read_labelme(path, [workdir / TOTAL_BODY_NPY]))
         except HbrError as exc:
             print(f"{exc}; file skipped")
-    if len(items) < min_images:
-        raise HbrError(f"{folder}: only {len(items)} usable LabelMe file(s); at least {min_images} are needed")
     return items
 
 
-def _train_segmenter(ctx: Context, folder: Path, device) -> Callable[[Path, str], None]:
+def read_training_labels(ctx: Context, folder: Path, shared: Optional[Path]) -> list[LabelledImage]:
+    """The labelled images of a U-Net: those of `folder`, plus those of `shared` (the other
+    background's folder, see shared_label_folder) with their polarity swapped."""
+    if not labelme_files(folder):
+        raise HbrError(f"{folder}: no LabelMe .json files")
+    items = _read_labelme_folder(folder, ctx.workdir)
+    if shared is not None:
+        bg = ctx.cfg.background
+        extra = [replace(x, image=swap_background(x.image, bg.black, bg.white))
+                 for x in _read_labelme_folder(shared, ctx.workdir)]
+        print(f"{shared}: {len(extra)} images of the other background added with polarity swapped "
+              "(segmenter.share_backgrounds)")
+        items += extra
+    min_images = ctx.cfg.segmenter.train.min_images
+    if len(items) < min_images:
+        pooled = f" with those of {shared}" if shared is not None else ""
+        raise HbrError(f"{folder}: only {len(items)} usable LabelMe file(s){pooled}; "
+                       f"at least {min_images} are needed")
+    return items
+
+
+def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path], device) -> Callable[[Path, str], None]:
     """The training step of `obtain_model`: read the LabelMe files, train, save the checkpoint."""
     def train_into(path: Path, wanted_hash: str) -> None:
         s = ctx.cfg.segmenter
-        items = _read_labels(folder, ctx.workdir, s.train.min_images)
+        items = read_training_labels(ctx, folder, shared)
         prep = preprocess_for(ctx, s.input_height, s.input_width)
         train_idx, val_idx = split_indices(len(items), s.train.val_fraction, s.train.seed)
         print(f"{folder}: {len(train_idx)} training and {len(val_idx)} validation images")
@@ -138,6 +180,7 @@ def _train_segmenter(ctx: Context, folder: Path, device) -> Callable[[Path, str]
             "spec": spec,
             "preprocess": prep.to_dict(),
             "task": {"stage": STAGE, "landmarks": list(LANDMARKS), "label_folder": str(folder),
+                     "shared_label_folder": str(shared) if shared is not None else None,
                      "point_radius": s.point_radius},
             "config_hash": wanted_hash,
         }
@@ -193,12 +236,16 @@ def run(ctx: Context) -> None:
                               [mask_folder(ctx.workdir, name, bak) for name in wanted])
         return
     device = stage_device(ctx)
-    folder = label_location(ctx, [f"7_segment_{bak}", f"7_segment_masked_{bak}_direct/in"], folder_of_files=True)
+    folder = label_location(ctx, label_folder_names(bak), folder_of_files=True)
+    shared = shared_label_folder(ctx, bak, folder)
     s = ctx.cfg.segmenter
     settings = (STAGE, s.arch, s.encoder, s.input_height, s.input_width, s.pretrained, s.point_radius,
                 s.point_weight, s.point_bias, s.train, s.augment, ctx.cfg.canvas)
-    loaded = obtain_model(ctx, f"{STAGE}_{bak}", settings, lambda: labelme_files(folder),
-                          _train_segmenter(ctx, folder, device), device)
+    if shared is not None:
+        settings += (ctx.cfg.background,)
+    loaded = obtain_model(ctx, f"{STAGE}_{bak}", settings,
+                          lambda: labelme_files(folder) + (labelme_files(shared) if shared is not None else []),
+                          _train_segmenter(ctx, folder, shared, device), device)
     if loaded is None:
         return
     model, meta = loaded

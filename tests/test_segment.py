@@ -1,0 +1,83 @@
+"""Which LabelMe files a U-Net trains from: its own, and the other background's when shared."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from hbr.cli import Context
+from hbr.config import load_config
+from hbr.errors import HbrError
+from hbr.files import write_npy, write_text
+from hbr.landmarks import HEAD, LANDMARKS
+from hbr.stages.segment import read_training_labels, shared_label_folder
+
+BLACK_IMAGE = np.array([[0, 0, 0], [0, 200, 0], [0, 90, 0]], np.uint8)
+WHITE_IMAGE = np.array([[252, 252, 252], [252, 52, 252], [252, 162, 252]], np.uint8)
+
+
+def _context(workdir, labels, share=True, min_images=2):
+    cfg = load_config(None, [f"segmenter.share_backgrounds={str(share).lower()}",
+                             f"segmenter.train.min_images={min_images}"])
+    args = argparse.Namespace(labels=str(labels) if labels is not None else None)
+    return Context(stage="test", workdir=workdir, cfg=cfg, device="cpu", args=args)
+
+
+def _labelme(path, image_id):
+    """A LabelMe file for the work directory's image `image_id` (no imageData)."""
+    shapes = [{"label": name, "shape_type": "polygon" if name == HEAD else "point",
+               "points": [[0, 0], [2, 0], [1, 2]] if name == HEAD else [[1, 1]]} for name in LANDMARKS]
+    write_text(path, json.dumps({"shapes": shapes, "imagePath": f"{image_id}.png", "imageData": None}))
+
+
+@pytest.fixture
+def work(tmp_path):
+    workdir = tmp_path / "work"
+    write_npy(workdir / "1_Total_Body_npy" / "b0.npy", BLACK_IMAGE)
+    write_npy(workdir / "1_Total_Body_npy" / "w0.npy", WHITE_IMAGE)
+    labels = tmp_path / "labels"
+    _labelme(labels / "7_segment_black" / "b0.json", "b0")
+    _labelme(labels / "7_segment_white" / "w0.json", "w0")
+    return workdir, labels
+
+
+def test_white_unet_learns_from_black_labels_with_polarity_swapped(work):
+    workdir, labels = work
+    ctx = _context(workdir, labels)
+    own = labels / "7_segment_white"
+    shared = shared_label_folder(ctx, "white", own)
+    assert shared == labels / "7_segment_black"
+    items = read_training_labels(ctx, own, shared)
+    assert [x.image_id for x in items] == ["w0", "b0"]
+    assert items[0].image.tolist() == WHITE_IMAGE.tolist()  # its own image as it is
+    assert items[1].image.tolist() == (252 - BLACK_IMAGE).tolist()  # b0 as a white background shows it
+    assert items[1].shapes.keys() == set(LANDMARKS)  # the landmarks stay where they are
+    # --labels naming the folder of files itself, in upstream's layout, finds its sibling too
+    upstream = labels / "7_segment_masked_white_direct" / "in"
+    _labelme(upstream / "w0.json", "w0")
+    _labelme(labels / "7_segment_masked_black_direct" / "in" / "b0.json", "b0")
+    ctx = _context(workdir, upstream)
+    assert shared_label_folder(ctx, "white", upstream) == labels / "7_segment_masked_black_direct" / "in"
+
+
+def test_without_sharing_or_other_labels_only_its_own_count(work):
+    workdir, labels = work
+    own = labels / "7_segment_white"
+    ctx = _context(workdir, labels, share=False)
+    assert shared_label_folder(ctx, "white", own) is None
+    with pytest.raises(HbrError, match=r"7_segment_white: only 1 usable LabelMe file\(s\); at least 2"):
+        read_training_labels(ctx, own, None)
+    for path in (labels / "7_segment_black").glob("*.json"):
+        path.unlink()
+    assert shared_label_folder(_context(workdir, labels), "white", own) is None  # an empty folder is no source
+
+
+def test_a_bad_shared_file_is_skipped_and_counted_out(work, capsys):
+    workdir, labels = work
+    write_text(labels / "7_segment_black" / "broken.json", "{not json")
+    ctx = _context(workdir, labels, min_images=3)
+    own = labels / "7_segment_white"
+    with pytest.raises(HbrError, match="only 2 usable LabelMe file.*with those of .*7_segment_black"):
+        read_training_labels(ctx, own, shared_label_folder(ctx, "white", own))
+    assert "broken.json: not valid JSON" in capsys.readouterr().out
