@@ -334,12 +334,16 @@ class Runner:
                  profile: tuple = ()):
         self.args, self.workdir, self.models = args, workdir, models
         self.measure_disk, self.forward, self.repeat, self.profile = measure_disk, forward, max(repeat, 1), profile
-        self.logs = workdir.parent / f"{workdir.name}_bench_logs"
-        self.scratch = workdir.parent / f"{workdir.name}_scratch"
+        self.logs, self.scratch = self.side_folders(workdir)
         self.trash = workdir.parent / TRASH
         from hbr.config import load_config
 
         self.cfg = load_config(args.config, args.overrides)
+
+    @staticmethod
+    def side_folders(workdir: Path) -> tuple[Path, Path]:
+        """(logs, scratch copy) of a Runner on `workdir`, beside it."""
+        return workdir.parent / f"{workdir.name}_bench_logs", workdir.parent / f"{workdir.name}_scratch"
 
     def common(self, workdir: Path) -> list[str]:
         sets = [x for o in self.args.overrides for x in ("--set", o)]
@@ -623,7 +627,7 @@ def memory_check(args, phantom: Path, models: Path, root: Path) -> None:
     peaks: dict[int, list[Stage]] = {}
     for n in sizes:
         work = root / f"mem{n}"
-        for leftover in (work, root / f"mem{n}_bench_logs", root / f"mem{n}_zips"):
+        for leftover in (work, *Runner.side_folders(work), root / f"mem{n}_zips"):
             shutil.rmtree(leftover, ignore_errors=True)
         zips = replicate_zips(phantom / "zips", root / f"mem{n}_zips", n)
         runner = Runner(args, work, models, measure_disk=False, forward=False)
@@ -720,7 +724,7 @@ def main() -> None:
 
     if not args.memory_only:
         work = root / "timed"
-        for leftover in (work, root / "timed_bench_logs", root / "timed_scratch"):
+        for leftover in (work, *Runner.side_folders(work)):
             set_aside(leftover, root / TRASH)
         zips = phantom / "zips"
         runner = Runner(args, work, models, measure_disk=True, forward=True, repeat=args.repeat,

@@ -25,6 +25,11 @@ BACKGROUNDS = ("black", "white")
 MODES = ("run", "train", "predict")
 
 
+def other_background(bak: str) -> str:
+    """The background that is not `bak` (black <-> white)."""
+    return next(b for b in BACKGROUNDS if b != bak)
+
+
 @dataclass(frozen=True)
 class Context:
     """What a stage's `run` needs: where to work, the resolved config and its options."""

@@ -61,8 +61,9 @@ def atomic_path(path: str | Path, make_folder: bool = True) -> Iterator[Path]:
 
 
 def _write_new_file(path: Path, data: bytes) -> None:
-    """Write `data` into a new file at `path`, replacing (never rewriting in place) a file
-    there, which may have other hard links; the folder is made when missing.
+    """Write `data` into a new file at `path` (write_bytes' temporary), the folder made when
+    missing; a file already there (a temporary of a killed run) is unlinked first, never
+    rewritten in place.
 
     os.open/os.write and a folder made only when missing: on tmpfs a 3.5 KB file took 18 us
     instead of 30 us with open().write and 46 us with an unconditional mkdir first.

@@ -123,7 +123,7 @@ def shared_label_path(ctx: Context, task: ClassifierTask, label_path: Path) -> O
     """
     if task.background is None or not ctx.cfg.classifier.share_backgrounds:
         return None
-    other = next(b for b in cli.BACKGROUNDS if b != task.background)
+    other = cli.other_background(task.background)
     given = Path(ctx.args.labels) if ctx.args.labels is not None else None
     if given is not None and given.is_file():
         name = given.name.replace(f"_{task.background}_", f"_{other}_")

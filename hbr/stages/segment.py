@@ -108,7 +108,7 @@ def shared_label_folder(ctx: Context, bak: str, folder: Path) -> Optional[Path]:
     """
     if not ctx.cfg.segmenter.share_backgrounds:
         return None
-    other = next(b for b in cli.BACKGROUNDS if b != bak)
+    other = cli.other_background(bak)
     swapped = Path(*(part.replace(f"_{bak}", f"_{other}") if part.startswith(STAGE) else part
                      for part in folder.parts))
     for candidate in (swapped, label_location(ctx, label_folder_names(other))):
