@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs stages 1-8 in order (5-8 for black and white backgrounds), one after the other,
-# stopping at the first failure. Each stage's output goes to the terminal and to
-# WORKDIR/logs/<stage>.log. A re-run resumes: finished work is reused.
+# stopping at the first failure. The stages, their scripts and their order come from the
+# package's stage registry (hbr/pipeline.py). Each stage's output goes to the terminal and
+# to WORKDIR/logs/<stage>.log. A re-run resumes: finished work is reused.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m hbr.… from any folder
 
 usage() {
   cat <<EOF
@@ -24,24 +26,34 @@ Runs the whole hbr pipeline: DICOM zips -> QC -> landmarks -> HBR phenotypes.
   --demo-size N    participants in the demo phantom set (default: 120)
   --from N         start at stage N (1-8); earlier stages' outputs must exist
   --set KEY=VALUE  config override, repeatable (e.g. --set classifier.train.epochs=5)
+  --version        print the version
   -h, --help       show this help
 EOF
 }
 
-INPUT="" WORKDIR="work" LABELS="" CONFIG="" MODELS="" DEVICE="auto" DEMO=0 DEMO_N=120 FROM=1
+# value OPTION "$@": the value after OPTION, or a usage error when there is none
+value() {
+  if [ $# -lt 2 ] || [ -z "$2" ] || [ "${2#--}" != "$2" ]; then
+    echo "0_pipeline: $1 needs a value (see -h)" >&2; exit 2
+  fi
+  printf '%s' "$2"
+}
+
+INPUT="" WORKDIR="work" LABELS="" CONFIG="" MODELS="" DEVICE="auto" DEMO=0 DEMO_N=120 FROM=1 VERSION=0
 SETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --input) INPUT="$2"; shift 2 ;;
-    --workdir) WORKDIR="$2"; shift 2 ;;
-    --labels) LABELS="$2"; shift 2 ;;
-    --config) CONFIG="$2"; shift 2 ;;
-    --models) MODELS="$2"; shift 2 ;;
-    --device) DEVICE="$2"; shift 2 ;;
+    --input) INPUT="$(value "$@")"; shift 2 ;;
+    --workdir) WORKDIR="$(value "$@")"; shift 2 ;;
+    --labels) LABELS="$(value "$@")"; shift 2 ;;
+    --config) CONFIG="$(value "$@")"; shift 2 ;;
+    --models) MODELS="$(value "$@")"; shift 2 ;;
+    --device) DEVICE="$(value "$@")"; shift 2 ;;
     --demo) DEMO=1; shift ;;
-    --demo-size) DEMO_N="$2"; shift 2 ;;
-    --from) FROM="$2"; shift 2 ;;
-    --set) SETS+=(--set "$2"); shift 2 ;;
+    --demo-size) DEMO_N="$(value "$@")"; shift 2 ;;
+    --from) FROM="$(value "$@")"; shift 2 ;;
+    --set) SETS+=(--set "$(value "$@")"); shift 2 ;;
+    --version) VERSION=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "0_pipeline: unknown option $1 (see -h)" >&2; exit 2 ;;
   esac
@@ -51,7 +63,12 @@ if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
 elif [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"
 else PY="python3"; fi
 
+if [ "$VERSION" = 1 ]; then exec "$PY" -c "import hbr; print('hbr', hbr.__version__)"; fi
 case "$FROM" in [1-8]) ;; *) echo "0_pipeline: --from must be 1-8, got '$FROM'" >&2; exit 2 ;; esac
+if [ "$DEMO" = 0 ] && [ "$FROM" = 1 ] && [ -z "$INPUT" ]; then
+  echo "0_pipeline: --input is required (or --demo); see -h" >&2; exit 2
+fi
+PLAN="$("$PY" -m hbr.pipeline plan)" || { echo "0_pipeline: cannot read the stage list from the hbr package ($PY)" >&2; exit 1; }
 mkdir -p "$WORKDIR/logs"
 WORKDIR="$(cd "$WORKDIR" && pwd)"
 
@@ -67,9 +84,6 @@ if [ "$DEMO" = 1 ]; then
 fi
 CONFIG="${CONFIG:-$REPO/configs/default.yaml}"
 LABELS="${LABELS:-$REPO/labels}"
-if [ "$FROM" = 1 ] && [ -z "$INPUT" ]; then
-  echo "0_pipeline: --input is required (or --demo); see -h" >&2; exit 2
-fi
 
 COMMON=(--workdir "$WORKDIR" --config "$CONFIG" --device "$DEVICE" ${SETS[@]+"${SETS[@]}"})
 if [ -n "$MODELS" ]; then MODEL_OPTS=(--models "$MODELS"); else MODEL_OPTS=(--labels "$LABELS"); fi
@@ -88,16 +102,16 @@ run_stage() {
   echo "== stage $number done in $((SECONDS - start)) s (log: $log)"
 }
 
-run_stage 1 1_dcm2img 1_dcm2img.py --input "$INPUT"
-run_stage 2 2_body_class 2_body_class.py "${MODEL_OPTS[@]}"
-run_stage 3 3_crop_class 3_crop_class.py "${MODEL_OPTS[@]}"
-run_stage 4 4_background_class 4_background_class.py
-for BAK in black white; do
-  run_stage 5 "5_contrast_class_$BAK" 5_contrast_class.py "$BAK" "${MODEL_OPTS[@]}"
-  run_stage 6 "6_pose_class_$BAK" 6_pose_class.py "$BAK" "${MODEL_OPTS[@]}"
-  run_stage 7 "7_segment_$BAK" 7_segment.py "$BAK" "${MODEL_OPTS[@]}"
-  run_stage 8 "8_cal_segment_$BAK" 8_cal_segment.py "$BAK"
-done
+# one line per stage run: number, log name, script, kind, background ('-' for none)
+while IFS=$'\t' read -r NUMBER NAME SCRIPT KIND BAK <&3; do
+  ARGS=()
+  [ "$BAK" != "-" ] && ARGS+=("$BAK")
+  case "$KIND" in
+    dicom) ARGS+=(--input "$INPUT") ;;
+    classifier|segmenter) ARGS+=("${MODEL_OPTS[@]}") ;;
+  esac
+  run_stage "$NUMBER" "$NAME" "$SCRIPT" ${ARGS[@]+"${ARGS[@]}"}
+done 3<<< "$PLAN"
 
 if [ "$DEMO" = 1 ]; then
   echo "== demo accuracy on the held-out phantom images (models trained on the 'train' split):"

@@ -67,8 +67,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(BENCH))
 
+from hbr import pipeline  # noqa: E402  (after the path: the bench runs from any folder)
+from hbr.landmarks import LANDMARKS  # noqa: E402
+from hbr.pipeline import image_folders  # noqa: E402
+
+MASK_FOLDERS = {pipeline.mask_folder(Path(), lm, bak).name for lm in LANDMARKS for bak in pipeline.BACKGROUNDS}
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-BACKGROUNDS = ("black", "white")
 GOAL_OVERHEAD = 0.25
 GOAL_DISK_RATIO = 1.2
 GOAL_MEMORY_GROWTH = 0.10
@@ -301,21 +305,17 @@ class Stage:
 
 
 def stage_plan(zips: Path, models: Path) -> list[Stage]:
-    """Every stage in pipeline order, in predict mode with `models`."""
+    """Every stage in pipeline order (hbr.pipeline), in predict mode with `models`."""
     m = ["--mode", "predict", "--models", str(models)]
-    plan = [
-        Stage("1_dcm2img", "1_dcm2img.py", ["--input", str(zips)]),
-        Stage("2_body_class", "2_body_class.py", m, "1_Total_Body_npy", "2_body_class"),
-        Stage("3_crop_class", "3_crop_class.py", m, "2_class_predicted_npy", "3_crop_class"),
-        Stage("4_background_class", "4_background_class.py", [], "3_crop_predicted_npy"),
-    ]
-    for bak in BACKGROUNDS:
-        plan += [
-            Stage(f"5_contrast_class_{bak}", "5_contrast_class.py", [bak, *m], f"4_bak_{bak}_npy", f"5_contrast_class_{bak}"),
-            Stage(f"6_pose_class_{bak}", "6_pose_class.py", [bak, *m], f"5_contrast_{bak}_predicted_npy", f"6_pose_class_{bak}"),
-            Stage(f"7_segment_{bak}", "7_segment.py", [bak, *m], f"6_pose_{bak}_predicted_npy", f"7_segment_{bak}"),
-            Stage(f"8_cal_segment_{bak}", "8_cal_segment.py", [bak], f"6_pose_{bak}_predicted_npy"),
-        ]
+    plan = []
+    for st, bak in pipeline.run_order():
+        args = [bak] if bak else []
+        if st.kind == pipeline.DICOM:
+            args += ["--input", str(zips)]
+        elif st.has_model:
+            args += m
+        input_npy = image_folders(Path(), st.input(bak))[0].name if st.input_prefix else None
+        plan.append(Stage(st.run_name(bak), st.script, args, input_npy, st.run_name(bak) if st.has_model else None))
     return plan
 
 
@@ -418,7 +418,7 @@ class Runner:
                 s[out], s[f"{out}_all"] = float(statistics.median(shares)), shares
             s["forward_s"] = float(statistics.median(s["forward_all"]))
             s["forward_cpu_s"] = float(statistics.median(s["forward_cpu_all"]))
-        if stage.name == "1_dcm2img":
+        if stage.name == pipeline.stage(1).name:
             images = len(read_tsv(self.workdir / "dcm_table.tsv"))
         data, wall, tree = runs[-1]  # memory of the real run, the only one sampled
         timed = runs[:-1] or runs  # with repeat > 1 the times come from the unsampled runs
@@ -433,8 +433,8 @@ class Runner:
             s["bytes"] = sum(size for size, _ in fresh.values())
             s["new_files"] = len(fresh)
             s["new_paths"] = count_paths(self.workdir) - paths_before
-            if stage.name.startswith("7_segment"):
-                s["mask_bytes"] = sum(size for size, p in fresh.values() if "/7_segment_predicted_" in p)
+            if stage.name.startswith(pipeline.stage(7).name):
+                s["mask_bytes"] = sum(size for size, p in fresh.values() if Path(p).parent.name in MASK_FOLDERS)
 
 
 # =============================================================== data sets and models
@@ -523,8 +523,9 @@ def ok(flag: bool) -> str:
 
 def image_bytes(workdir: Path) -> float:
     """Mean npy + png bytes of one stage-1 image."""
-    npy = list((workdir / "1_Total_Body_npy").glob("*.npy"))
-    png = sum(p.stat().st_size for p in (workdir / "1_Total_Body_png").glob("*.png"))
+    npy_dir, png_dir = image_folders(workdir, pipeline.TOTAL_BODY)
+    npy = list(npy_dir.glob("*.npy"))
+    png = sum(p.stat().st_size for p in png_dir.glob("*.png"))
     return (sum(p.stat().st_size for p in npy) + png) / max(len(npy), 1)
 
 
@@ -734,7 +735,7 @@ def main() -> None:
         print(f"timed run in {work} (logs {runner.logs}); each stage {args.repeat}x, the fastest of the first {max(args.repeat - 1, 1)} counts (the last samples memory):", flush=True)
         for st in plan:
             between = None
-            if st.name == "1_dcm2img" and not args.no_baseline:
+            if st.name == pipeline.stage(1).name and not args.no_baseline:
                 import bench_dcm2img as b1
 
                 def between():

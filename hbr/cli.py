@@ -1,53 +1,80 @@
 """The command line every stage shares (SPEC 2b), written once.
 
 A stage module provides `add_arguments(parser)` and `run(ctx)`; its `main(argv)` is
-`cli.main(NAME, __doc__, add_arguments, run, argv)`.
+`cli.main(stage, add_arguments, run, argv)` with its entry of the registry (hbr.pipeline).
+Below this module, stages read typed `Options`, never the argparse Namespace.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from hbr.config import Config, dump_config, load_config
+from hbr import __version__
 from hbr.errors import HbrError
-from hbr.files import write_text
 from hbr.landmarks import LANDMARKS
+from hbr.pipeline import BACKGROUNDS, LOGS_DIR, Stage
+
+if TYPE_CHECKING:
+    from hbr.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 DEFAULT_LABELS = REPO_ROOT / "labels"
-BACKGROUNDS = ("black", "white")
 MODES = ("run", "train", "predict")
 
 
-def other_background(bak: str) -> str:
-    """The background that is not `bak` (black <-> white)."""
-    return next(b for b in BACKGROUNDS if b != bak)
+@dataclass(frozen=True)
+class Options:
+    """The stage-specific command-line options, typed; each stage reads the ones it has."""
+
+    mode: str = "run"  # model stages: run, train or predict
+    labels: Optional[Path] = None  # model stages: --labels
+    models: Optional[Path] = None  # model stages: --models
+    background: Optional[str] = None  # per-background stages
+    landmarks: tuple[str, ...] = ()  # stage 7: restrict to these (empty: all)
+    input: Optional[Path] = None  # stage 1: --input
+    workers: int = 0  # stage 8: threads reading masks (0: automatic)
+    report: bool = True  # stage 8: write the HTML report
 
 
 @dataclass(frozen=True)
 class Context:
-    """What a stage's `run` needs: where to work, the resolved config and its options."""
+    """What a stage's `run` needs: the stage, where to work, the resolved config and its options."""
 
-    stage: str
+    stage: Stage
     workdir: Path
-    cfg: Config
-    device: str
-    args: argparse.Namespace
+    cfg: "Config"
+    device: str = "auto"
+    options: Options = field(default_factory=Options)
+
+    @property
+    def run_name(self) -> str:
+        """The stage's name, with the background for a per-background stage (e.g. 6_pose_class_white)."""
+        return self.stage.run_name(self.options.background)
 
 
-def build_parser(stage: str, description: Optional[str]) -> argparse.ArgumentParser:
+def describe_stage(stage: Stage) -> str:
+    """The -h description of a stage: what it does, and for a classifier its labels."""
+    text = f"Stage {stage.number}: {stage.summary}."
+    if stage.kind == "classifier":
+        files = " and ".join(stage.labels)
+        text += (f" Labels: {files} in the labels folder; Label 1 = {stage.meaning[1]}, Label 0 = {stage.meaning[0]};"
+                 f" images predicted as Label {stage.keep_label} are kept.")
+    return text
+
+
+def build_parser(stage: Stage) -> argparse.ArgumentParser:
     """Parser with the options every stage takes."""
     parser = argparse.ArgumentParser(
-        prog=f"{stage}.py",
-        description=(description or "").strip().splitlines()[0] if description else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=stage.script, description=describe_stage(stage), formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"hbr {__version__}")
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="work directory")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config")
     parser.add_argument(
@@ -100,13 +127,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_context(stage: str, args: argparse.Namespace) -> Context:
+def options_from(args: argparse.Namespace) -> Options:
+    """The typed options of a parsed command line (fields a stage does not take keep their default)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
+    if "landmarks" in given:
+        given["landmarks"] = tuple(given["landmarks"] or ())
+    return Options(**given)
+
+
+def make_context(stage: Stage, args: argparse.Namespace) -> Context:
     """Load the config, create the work directory and record the resolved config in it."""
+    from hbr.config import dump_config, load_config  # after parsing: -h stays fast
+    from hbr.files import write_text
+
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    write_text(workdir / "logs" / f"{stage}.config.yaml", dump_config(cfg))
-    return Context(stage=stage, workdir=workdir, cfg=cfg, device=args.device, args=args)
+    ctx = Context(stage=stage, workdir=workdir, cfg=cfg, device=args.device, options=options_from(args))
+    write_text(workdir / LOGS_DIR / f"{ctx.run_name}.config.yaml", dump_config(cfg))
+    return ctx
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -121,25 +160,24 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def main(
-    stage: str,
-    description: Optional[str],
+    stage: Stage,
     add_arguments: Callable[[argparse.ArgumentParser], None],
     run: Callable[[Context], object],
     argv: Optional[Sequence[str]] = None,
 ) -> int:
     """Parse the command line, run the stage, and turn user errors into one line + exit 1."""
-    parser = build_parser(stage, description)
+    parser = build_parser(stage)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         run(make_context(stage, args))
     except HbrError as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
+        print(f"{stage.name}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{stage}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"{stage.name}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{stage}: interrupted; re-run to continue where it stopped", file=sys.stderr)
+        print(f"{stage.name}: interrupted; re-run to continue where it stopped", file=sys.stderr)
         return 130
     return 0

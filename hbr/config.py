@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -24,94 +24,124 @@ class ConfigError(HbrError):
     """A config file or override that cannot be used; the message says why."""
 
 
+PREDICT_ONLY = "predict_only"
+MEANING = "meaning"
+
+
+def key(default: Any, meaning: str, predict: bool = False) -> Any:
+    """A config key: its default and a one-line meaning (written into configs/default.yaml).
+
+    `predict=True` marks a key that changes what a trained model's outputs become, not the
+    model: a change to it never makes a stage retrain (see training_values).
+    """
+    return field(default=default, metadata={MEANING: meaning, PREDICT_ONLY: predict})
+
+
+def section(factory: Callable[[], Any], meaning: str = "") -> Any:
+    """A nested config section built by `factory` (its defaults may differ per parent section)."""
+    return field(default_factory=factory, metadata={MEANING: meaning})
+
+
+def training_values(section: Any) -> dict:
+    """The keys of a config section that shape training, as a plain dict: every key except
+    those marked predict=True, so a new key counts for retraining unless it is marked."""
+    values = {}
+    for f in dataclasses.fields(section):
+        if f.metadata.get(PREDICT_ONLY):
+            continue
+        value = getattr(section, f.name)
+        values[f.name] = training_values(value) if dataclasses.is_dataclass(value) else value
+    return values
+
+
 @dataclass(frozen=True)
 class DicomConfig:
-    protocol: str = "Total Body"  # ProtocolName (0018,1030) of the images to decode
-    max_member_mb: float = 64.0  # a zip member inflating beyond this is refused (zip bomb)
-    workers: int = 2  # processes reading zips in parallel (0 = in this process)
+    protocol: str = key("Total Body", "ProtocolName (0018,1030) of the images to decode")
+    max_member_mb: float = key(64.0, "a zip member inflating beyond this many MB is refused (zip bomb)")
+    workers: int = key(2, "processes reading zips in parallel (0 = in the stage's own process)")
 
 
 @dataclass(frozen=True)
 class CanvasConfig:
-    height: int = 960  # every image is centre padded/cropped to this canvas (upstream)
-    width: int = 384
+    height: int = key(960, "every image is centre padded (corner value) or cropped to this canvas, as upstream")
+    width: int = key(384, "canvas width, pixels")
 
 
 @dataclass(frozen=True)
 class BackgroundConfig:
-    black: int = 0  # mode of the top-left block for a black background
-    white: int = 252
-    corner: int = 9  # side of the top-left block, pixels
+    black: int = key(0, "mode of the top-left block of a black-background image")
+    white: int = key(252, "mode of the top-left block of a white-background image")
+    corner: int = key(9, "side of the top-left block, pixels")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    rotate_deg: float = 5.0
-    scale: float = 0.05  # +/- relative zoom
-    shift: float = 0.03  # +/- fraction of the input size
-    gamma: float = 0.15  # +/- log-uniform gamma jitter
-    brightness: float = 0.05  # +/- additive, fraction of full range
-    noise: float = 0.02  # Gaussian noise sigma, fraction of full range
-    hflip: float = 0.0  # probability of a horizontal flip (left/right landmarks are swapped)
-    invert: float = 0.0  # probability of showing an image in the other background's polarity (stages 2, 3)
+    rotate_deg: float = key(5.0, "+/- random rotation, degrees")
+    scale: float = key(0.05, "+/- relative zoom")
+    shift: float = key(0.03, "+/- shift, fraction of the input size")
+    gamma: float = key(0.15, "+/- log-uniform gamma jitter")
+    brightness: float = key(0.05, "+/- additive brightness, fraction of full range")
+    noise: float = key(0.02, "Gaussian noise sigma, fraction of full range")
+    hflip: float = key(0.0, "probability of a horizontal flip (left/right landmarks are swapped)")
+    invert: float = key(0.0, "probability of showing an image in the other background's polarity (stages 2, 3)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    min_steps: int = 0  # small label sets: raise the epochs until at least this many optimiser steps
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.2
-    seed: int = 0
-    workers: int = 2  # DataLoader workers
-    time_limit_min: float = 0.0  # stop after this many minutes (0 = no limit); best epoch kept
-    min_images: int = 10  # refuse to train on fewer labelled images
+    epochs: int = key(30, "training epochs")
+    min_steps: int = key(0, "small label sets: raise the epochs until at least this many optimiser steps")
+    batch_size: int = key(8, "training batch size")
+    lr: float = key(1e-3, "AdamW learning rate")
+    weight_decay: float = key(1e-4, "AdamW weight decay")
+    val_fraction: float = key(0.2, "share of the labelled images held out for validation")
+    seed: int = key(0, "seed of the split, the initial weights and the augmentation")
+    workers: int = key(2, "DataLoader worker processes")
+    time_limit_min: float = key(0.0, "stop after this many minutes (0 = no limit); the best epoch is kept")
+    min_images: int = key(10, "refuse to train on fewer labelled images")
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    arch: str = "resnet152"
-    input_height: int = 960
-    input_width: int = 384
-    pretrained: bool = False
-    threshold: float = 0.5  # probability of label 1 above which an image is label 1
-    # per-background stages also learn from the other background's labels, with those
-    # images' polarity swapped (black + white - value): white-background scans are few
-    share_backgrounds: bool = True
-    train: TrainConfig = field(default_factory=TrainConfig)
+    arch: str = key("resnet152", "torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152")
+    input_height: int = key(960, "model input height, pixels (the canvas is resized to it)")
+    input_width: int = key(384, "model input width, pixels")
+    pretrained: bool = key(False, "start from ImageNet weights in the local torch hub cache (never downloaded)")
+    threshold: float = key(0.5, "probability of label 1 at or above which an image is label 1", predict=True)
+    # white-background scans are few, and an inverted white scan looks like a black one
+    share_backgrounds: bool = key(
+        True, "stages 5 and 6 also learn from the other background's labels, polarity swapped")
+    train: TrainConfig = section(TrainConfig, "training")
     # every QC question (bone image, framing, contrast, head pose) has the same answer in a
     # mirror image and on the other background (white-background scans are inverted renderings)
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5, invert=0.5))
+    augment: AugmentConfig = section(lambda: AugmentConfig(hflip=0.5, invert=0.5), "training augmentation")
 
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    arch: str = "unet"
-    encoder: str = "resnet152"
-    input_height: int = 960
-    input_width: int = 384
-    pretrained: bool = False
-    point_radius: float = 24.0  # disc radius of point targets, input pixels (~8 at 320x128)
-    point_weight: float = 10.0  # BCE weight of point channels
-    point_bias: float = -2.2  # initial output bias of point channels
-    threshold: float = 0.5  # mask probability threshold in stage 8
-    mask_floor: float = 0.01  # probabilities under this are saved as 0 in the PNG masks
-    save_npy: bool = False  # also save float masks as .npy
-    # the black and white U-Nets also learn from each other's LabelMe files, those images'
-    # polarity swapped (as classifier.share_backgrounds): white-background scans are few
-    share_backgrounds: bool = True
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=4))
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5))
+    arch: str = key("unet", "segmentation-models-pytorch network: unet, unetplusplus or fpn")
+    encoder: str = key("resnet152", "ResNet encoder: resnet18 ... resnet152")
+    input_height: int = key(960, "model input height, pixels")
+    input_width: int = key(384, "model input width, pixels")
+    pretrained: bool = key(False, "start the encoder from ImageNet weights in the local torch hub cache")
+    point_radius: float = key(24.0, "disc radius of point targets, input pixels")
+    point_weight: float = key(10.0, "BCE weight of the point channels")
+    point_bias: float = key(-2.2, "initial output bias of the point channels (points are rare pixels)")
+    threshold: float = key(0.5, "mask probability threshold in stage 8", predict=True)
+    mask_floor: float = key(0.01, "probabilities under this are saved as 0 in the PNG masks", predict=True)
+    save_npy: bool = key(False, "also save the float masks as .npy", predict=True)
+    share_backgrounds: bool = key(
+        True, "the black and white U-Nets also learn from each other's LabelMe files, polarity swapped")
+    train: TrainConfig = section(lambda: TrainConfig(epochs=100, batch_size=4), "training")
+    augment: AugmentConfig = section(lambda: AugmentConfig(hflip=0.5), "training augmentation")
 
 
 @dataclass(frozen=True)
 class PredictConfig:
-    batch_size: int = 16  # classifier batches
-    segmenter_batch_size: int = 16  # U-Net batches (stage 7): on a CPU each of the two lanes holds one batch's activations
-    workers: int = 2  # DataLoader workers
-    chunk_size: int = 1024  # images per resumable chunk: a re-run after a kill redoes at most one chunk
+    batch_size: int = key(16, "classifier batch size")
+    # on a CPU each of the two prediction lanes holds one batch's activations
+    segmenter_batch_size: int = key(16, "U-Net batch size (stage 7)")
+    workers: int = key(2, "DataLoader workers (0 on a CPU: two prediction lanes in threads)")
+    chunk_size: int = key(1024, "images per resumable chunk: a re-run after a kill redoes at most one chunk")
 
 
 # CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic. Without them oneDNN
@@ -138,20 +168,20 @@ def this_cpu_has_native_bf16() -> bool:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    # bfloat16 autocast + channels_last on CPU; "auto" (the default) = on where the CPU has native bfloat16
-    cpu_bf16: bool = field(default_factory=this_cpu_has_native_bf16)
-    threads: int = 0  # torch intra-op threads (0 = torch default)
+    cpu_bf16: bool = field(default_factory=this_cpu_has_native_bf16, metadata={
+        MEANING: "bfloat16 autocast + channels_last on CPU; auto = where the CPU has native bfloat16"})
+    threads: int = key(0, "torch intra-op threads (0 = torch default)")
 
 
 @dataclass(frozen=True)
 class Config:
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    dicom: DicomConfig = field(default_factory=DicomConfig)
-    canvas: CanvasConfig = field(default_factory=CanvasConfig)
-    background: BackgroundConfig = field(default_factory=BackgroundConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
+    runtime: RuntimeConfig = section(RuntimeConfig, "how the models run")
+    dicom: DicomConfig = section(DicomConfig, "stage 1: reading zips and DICOM files")
+    canvas: CanvasConfig = section(CanvasConfig, "the common image canvas")
+    background: BackgroundConfig = section(BackgroundConfig, "stage 4: background values")
+    classifier: ClassifierConfig = section(ClassifierConfig, "stages 2, 3, 5, 6: QC classifiers")
+    segmenter: SegmenterConfig = section(SegmenterConfig, "stage 7: landmark U-Net; stage 8: mask threshold")
+    predict: PredictConfig = section(PredictConfig, "prediction in every model stage")
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -332,3 +362,38 @@ def config_hash(*parts: Any) -> str:
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+DEFAULT_YAML_HEADER = """\
+# Full-size models as upstream: ResNet152 classifiers and a U-Net(resnet152) at 960x384.
+# Every key, with its default and meaning. Override any with --set key.sub=value; a config
+# file needs only the keys it changes (see configs/demo.yaml).
+# Generated from hbr/config.py: python -m hbr.config > configs/default.yaml
+"""
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _commented_lines(section: Any, indent: str = "", prefix: str = "") -> list[str]:
+    lines = []
+    for f in dataclasses.fields(section):
+        value, meaning = getattr(section, f.name), f.metadata.get(MEANING, "")
+        comment = f"  # {meaning}" if meaning else ""
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{indent}{f.name}:{comment}")
+            lines += _commented_lines(value, indent + "  ", f"{prefix}{f.name}.")
+        else:
+            text = "auto" if prefix + f.name in AUTO_KEYS else _yaml_scalar(value)
+            lines.append(f"{indent}{f.name}: {text}{comment}")
+    return lines
+
+
+def default_yaml() -> str:
+    """configs/default.yaml: every key of the built-in defaults with its meaning as a comment."""
+    return DEFAULT_YAML_HEADER + "\n".join(_commented_lines(Config())) + "\n"
+
+
+if __name__ == "__main__":
+    print(default_yaml(), end="")

@@ -19,8 +19,10 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from hbr.landmarks import LANDMARKS
+from hbr import pipeline
 from hbr.errors import HbrError
+from hbr.landmarks import LANDMARKS, box_iou
+from hbr.pipeline import BACKGROUNDS
 
 # SPEC 7 quality bars on held-out phantom images (demo config)
 GOAL_BALANCED_ACCURACY = 0.98
@@ -28,18 +30,30 @@ GOAL_HEAD_IOU = 0.90
 GOAL_CENTRE_ERROR_PX = 3.0
 GOAL_LHR_RELATIVE_ERROR = 0.03
 
-# decision table (relative to the work directory) -> (truth column, its value for an image
-# to keep, truth column of images not scored). Oversize images are not scored for framing:
-# the canvas crops them, so a head near their top edge is really cut off in what the model
-# sees, and stage 4 removes every oversize image anyway.
-DECISION_TRUTH = {
-    "2_class_pred.tsv": ("is_bone", 1, None),
-    "3_crop_pred.tsv": ("bad_crop", 0, "oversize"),
-    "5_contrast_black_pred.tsv": ("bad_contrast", 0, None),
-    "5_contrast_white_pred.tsv": ("bad_contrast", 0, None),
-    "6_pose_black_pred.tsv": ("bad_pose", 0, None),
-    "6_pose_white_pred.tsv": ("bad_pose", 0, None),
+# classifier task -> (truth column that is 1 for label 1, truth column of images not scored).
+# Oversize images are not scored for framing: the canvas crops them, so a head near their
+# top edge is really cut off in what the model sees, and stage 4 removes every oversize
+# image anyway.
+QC_TRUTH = {
+    "body": ("is_bone", None),
+    "crop": ("bad_crop", "oversize"),
+    "contrast": ("bad_contrast", None),
+    "pose": ("bad_pose", None),
 }
+
+
+def decision_truth_columns() -> dict[str, tuple[str, int, Optional[str]]]:
+    """Decision table (relative to the work directory) -> (truth column, its value for an image
+    to keep, truth column of images not scored), for every classifier stage and background."""
+    out = {}
+    for stage in pipeline.CLASSIFIERS.values():
+        column, unscored = QC_TRUTH[stage.task]
+        for bak in BACKGROUNDS if stage.per_background else (None,):
+            out[stage.table_name(bak)] = (column, stage.keep_label, unscored)
+    return out
+
+
+DECISION_TRUTH = decision_truth_columns()
 
 
 def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -52,20 +66,6 @@ def _held_out(ground_truth: pd.DataFrame, split: Optional[str]) -> pd.DataFrame:
     if "split" not in ground_truth.columns:
         raise HbrError("ground truth has no 'split' column; pass split=None to score every image")
     return ground_truth[ground_truth["split"] == split]
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes (x, y, w, h) row by row, as areas of [x, x+w) x [y, y+h); 0 for a missing box."""
-    ax0, ay0, aw, ah = a.T
-    bx0, by0, bw, bh = b.T
-    iw = np.clip(np.minimum(ax0 + aw, bx0 + bw) - np.maximum(ax0, bx0), 0, None)
-    ih = np.clip(np.minimum(ay0 + ah, by0 + bh) - np.maximum(ay0, by0), 0, None)
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    valid = (aw > 0) & (ah > 0) & (bw > 0) & (bh > 0) & (union > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(valid, inter / np.where(union > 0, union, 1), 0.0)
-    return np.nan_to_num(iou, nan=0.0)
 
 
 def _found(frame: pd.DataFrame, landmark: str) -> np.ndarray:
@@ -250,7 +250,7 @@ def evaluate_workdir(workdir: str | Path, split: Optional[str] = "test", truth_p
 
     `truth_path` defaults to DIR/ground_truth.tsv.
     """
-    from hbr.stages.measure import read_table, segment_table_path  # the stage's table reader (HbrError on bad files)
+    from hbr.ledger import read_table  # the run's table reader (HbrError on bad files)
 
     workdir = Path(workdir)
     truth_path = Path(truth_path) if truth_path is not None else workdir / "ground_truth.tsv"
@@ -265,7 +265,7 @@ def evaluate_workdir(workdir: str | Path, split: Optional[str] = "test", truth_p
             n = len(decision_truth(table, truth, column, keep_when, split, unscored)[0])
             score = score_decisions(table, truth, column, keep_when, split, unscored)
             decisions[Path(name).stem.removesuffix("_pred")] = (score, n)
-    segments = [segment_table_path(workdir, bak) for bak in ("black", "white")]
+    segments = [pipeline.segment_table_path(workdir, bak) for bak in BACKGROUNDS]
     tables = [read_table(p, ["Image"]) for p in segments if p.exists()]
     landmarks = score_landmarks(pd.concat(tables, ignore_index=True), truth, split) if tables else None
     return format_scores(landmarks, decisions, "held-out images" if split == "test" else "images")

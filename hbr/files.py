@@ -10,7 +10,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 import re
 import struct
@@ -22,6 +21,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 from isal import isal_zlib
+
+from hbr.pipeline import image_folders
 
 TMP_PREFIX = ".tmp-"
 
@@ -269,11 +270,6 @@ def list_images(npy_dir: str | Path) -> list[str]:
     return sorted(
         p.stem for p in npy_dir.iterdir() if p.suffix == ".npy" and not p.name.startswith(TMP_PREFIX)
     )
-
-
-def image_folders(workdir: Path, prefix: str) -> tuple[Path, Path]:
-    """The (npy, png) folder pair of a stage output, e.g. prefix '2_class_predicted'."""
-    return workdir / f"{prefix}_npy", workdir / f"{prefix}_png"
 
 
 def keep_images(ids: Sequence[str], src_prefix: str, dst_prefix: str, workdir: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hbr.errors import HbrError
 
 HEAD = "head"
@@ -46,3 +48,17 @@ class Box:
     h: float
     cx: float
     cy: float
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes (x, y, w, h) row by row, as areas of [x, x+w) x [y, y+h); 0 for a missing box."""
+    ax0, ay0, aw, ah = a.T
+    bx0, by0, bw, bh = b.T
+    iw = np.clip(np.minimum(ax0 + aw, bx0 + bw) - np.maximum(ax0, bx0), 0, None)
+    ih = np.clip(np.minimum(ay0 + ah, by0 + bh) - np.maximum(ay0, by0), 0, None)
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    valid = (aw > 0) & (ah > 0) & (bw > 0) & (bh > 0) & (union > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(valid, inter / np.where(union > 0, union, 1), 0.0)
+    return np.nan_to_num(iou, nan=0.0)

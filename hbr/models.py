@@ -20,7 +20,10 @@ from torch.overrides import TorchFunctionMode
 from hbr.errors import HbrError
 from hbr.files import atomic_path
 
-CHECKPOINT_FORMAT = "hbr-checkpoint-1"
+# the format this hbr writes; models of earlier formats still load for prediction (format 1
+# differs only in how the retrain key of its config_hash was computed)
+CHECKPOINT_FORMAT = "hbr-checkpoint-2"
+READABLE_FORMATS = ("hbr-checkpoint-1", CHECKPOINT_FORMAT)
 
 CLASSIFIER_ARCHS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
@@ -128,7 +131,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - on foreign bytes torch.load raises IndexError, KeyError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HbrError(f"{path}: not an hbr checkpoint ({first[:120]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else None
+        if isinstance(found, str) and found.startswith("hbr-checkpoint-"):
+            raise HbrError(f"{path}: saved by a newer hbr ({found}); update hbr, or retrain it with --mode train")
         raise HbrError(f"{path}: not an hbr checkpoint (format {CHECKPOINT_FORMAT} expected)")
     return ckpt
 

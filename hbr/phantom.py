@@ -36,14 +36,14 @@ import pandas as pd
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian
 
+from hbr import pipeline
 from hbr.files import encode_png, write_bytes, write_text, write_tsv
 from hbr.landmarks import LANDMARKS, POINT_LANDMARKS, Box
-from hbr.phenotypes import measure
+from hbr.phenotypes import compute_phenotypes
 
 ROWS, COLS = 791, 272  # UK Biobank iDXA total body image
 EXPOSED_MM = (658, 1920)  # ExposedArea (width, height) of that image: ~2.42 mm per pixel
 MM_PER_PX = 2.42
-CANVAS = (960, 384)  # pipeline canvas; anything larger is "oversize"
 OVERSIZE_SHAPES = ((1000, 400), (1024, 416), (984, 392))
 WHITE = 252
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
@@ -572,7 +572,7 @@ def truth_row(image_id: str, p: Participant, kind: str, landmarks: dict) -> dict
     row.update(head_x=head.x, head_y=head.y, head_w=head.w, head_h=head.h, head_cx=head.cx, head_cy=head.cy)
     for n in POINT_LANDMARKS:
         row[f"{n}_cx"], row[f"{n}_cy"] = g[n].cx, g[n].cy
-    row.update(measure(g, p.body.height_m, p.spacing))
+    row.update(compute_phenotypes(g, p.body.height_m, p.spacing))
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
 
 
@@ -583,11 +583,12 @@ def label_tables(truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
     # oversize images are left out of the framing labels: the canvas crops them, so the
     # model may see a cut-off head on an image labelled well framed (stage 4 removes them)
     framed = bone[(bone["bad_crop"] == 0) & (bone["oversize"] == 0)]
-    sets = {"2_class_label.tsv": (t, "is_bone"), "3_crop_label.tsv": (bone[bone["oversize"] == 0], "bad_crop")}
-    for bak in ("black", "white"):
+    label_file = lambda task, bak=None: pipeline.stage(task).label_names(bak)[0]  # noqa: E731
+    sets = {label_file("body"): (t, "is_bone"), label_file("crop"): (bone[bone["oversize"] == 0], "bad_crop")}
+    for bak in pipeline.BACKGROUNDS:
         mine = framed[framed["background"] == bak]
-        sets[f"5_contrast_{bak}_label.tsv"] = (mine, "bad_contrast")
-        sets[f"6_pose_{bak}_label.tsv"] = (mine[mine["bad_contrast"] == 0], "bad_pose")
+        sets[label_file("contrast", bak)] = (mine, "bad_contrast")
+        sets[label_file("pose", bak)] = (mine[mine["bad_contrast"] == 0], "bad_pose")
     return {name: pd.DataFrame({"File_Name": rows["Image"], "Label": rows[col].astype(int),
                                 "File_Name_npy": rows["Image"] + ".npy"}) for name, (rows, col) in sets.items()}
 
@@ -610,7 +611,7 @@ class PhantomSummary:
 def _remove_stale(out: Path, keep: set[str]) -> None:
     """Drop zips and LabelMe files of an earlier, larger run into the same folder (ours only)."""
     patterns = [(out / "zips", re.compile(r"\d{7}_20158_2_0\.zip")),
-                *((d, re.compile(r"\d{7}_20158_2_0_12\.json")) for d in (out / "labels").glob("7_segment_*"))]
+                *((d, re.compile(r"\d{7}_20158_2_0_12\.json")) for d in (out / "labels").glob(f"{pipeline.stage(7).name}_*"))]
     for folder, pattern in patterns:
         for path in folder.glob("*") if folder.is_dir() else ():
             if pattern.fullmatch(path.name) and str(path) not in keep:
@@ -632,7 +633,8 @@ def generate(out_dir: str | Path, n: int, seed: int = 0) -> PhantomSummary:
         written.add(str(path))
         rows += [truth_row(f"{stem}_12", p, "bone", landmarks), truth_row(f"{stem}_11", p, "tissue", landmarks)]
         if p.train and p.defect is None:
-            path = out / "labels" / f"7_segment_{'white' if p.white else 'black'}" / f"{stem}_12.json"
+            folder = pipeline.stage(7).label_names("white" if p.white else "black")[0]
+            path = out / "labels" / folder / f"{stem}_12.json"
             shuffle = np.random.default_rng([seed, STREAM["labelme"], i])
             write_text(path, labelme_json(f"{stem}_12", bone_img, landmarks, shuffle))
             written.add(str(path))

@@ -154,7 +154,7 @@ def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[
 
 
 def phenotype_columns() -> list[str]:
-    """Column names of `measure`, in table order."""
+    """Column names of `compute_phenotypes`, in table order."""
     cols = ["Height_cm", "height_px", "cm_per_px"]
     cols += [f"{name}_cm" for name in LENGTHS]
     cols += list(RATIOS)
@@ -162,7 +162,7 @@ def phenotype_columns() -> list[str]:
     return cols
 
 
-def measure(
+def compute_phenotypes(
     g: Geometry,
     height_m: Optional[float],
     spacing_mm: Optional[tuple[float, float]] = None,

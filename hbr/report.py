@@ -19,7 +19,8 @@ import pandas as pd
 
 from hbr.files import remove_stale, write_bytes, write_png, write_text, write_tsv
 from hbr.landmarks import HEAD, POINT_LANDMARKS
-from hbr.measure import boxes_from_cells
+from hbr.masks import boxes_from_cells
+from hbr.pipeline import BACKGROUNDS, DCM_TABLE, HBR_TABLE, SEGMENT_TABLE
 
 EXAMPLES = 12
 EXAMPLE_HEIGHT = 600  # example images are drawn at this height, whatever the scan size
@@ -263,7 +264,7 @@ def _funnel_view(funnel: pd.DataFrame) -> pd.DataFrame:
 
 
 def _links(result_dir: Path) -> str:
-    names = ["hbr_table.tsv", "segment_table_black.tsv", "segment_table_white.tsv"]
+    names = [HBR_TABLE] + [SEGMENT_TABLE.format(bak=bak) for bak in BACKGROUNDS]
     found = [n for n in names if (result_dir / n).exists()]
     return " · ".join(f'<a href="../{n}">{n}</a>' for n in found)
 
@@ -279,7 +280,7 @@ def write_report(
     """Write index.html, funnel.png, distributions.png, examples/*.png and failed_landmarks.tsv; return index.html.
 
     `hbr_table` is the whole-run table (text cells), `funnel` the per-stage counts of
-    `hbr.stages.measure.funnel`, `image_dir` the original PNGs (1_Total_Body_png),
+    `hbr.ledger.funnel`, `image_dir` the original PNGs (1_Total_Body_png),
     `problems` the accounting check's lines.
     """
     report_dir, image_dir = Path(report_dir), Path(image_dir)
@@ -318,14 +319,14 @@ def write_report(
         items = "".join(f"<li>{_esc(p)}</li>" for p in problems)
         parts.append(f"<div class='warn'><b>Accounting problems: images may have been lost.</b><ul>{items}</ul></div>")
     else:
-        parts.append("<div class='ok'>Accounting ok: every image of dcm_table.tsv is in hbr_table.tsv exactly once, "
+        parts.append(f"<div class='ok'>Accounting ok: every image of {DCM_TABLE} is in {HBR_TABLE} exactly once, "
                      "and each stage's kept images are the next stage's inputs.</div>")
 
     parts.append("<h2>Images kept and removed per stage</h2>")
     parts.append(html_table(_funnel_view(funnel), numeric=("seen", "kept", "removed")))
     if has_funnel:
         parts.append("<img class='chart' src='funnel.png' alt='kept and removed images per stage'>")
-    parts.append("<h3>Where each image ended (hbr_table.tsv)</h3>")
+    parts.append(f"<h3>Where each image ended ({HBR_TABLE})</h3>")
     parts.append(html_table(outcome, numeric=[c for c in outcome.columns if c != "excluded by"]))
 
     parts.append(f"<h2>Example images ({len(drawn)})</h2>")

@@ -1,21 +1,23 @@
 """Which labels a classifier stage trains from: its own, and the other background's when shared."""
 
-import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hbr.cli import Context
+from hbr import pipeline
+from hbr.cli import Context, Options
 from hbr.config import load_config
 from hbr.errors import HbrError
 from hbr.files import write_npy, write_text
-from hbr.stages.classify import TASKS, read_training_images, shared_label_path
+from hbr.stages.classify import read_training_images, shared_label_path
 
 
-def _context(workdir, labels, task="contrast", share=True):
+def _context(workdir, labels, task="contrast", share=True, bak="white"):
     cfg = load_config(None, [f"classifier.share_backgrounds={str(share).lower()}", "classifier.train.min_images=2"])
-    args = argparse.Namespace(labels=str(labels) if labels is not None else None, task=task)
-    return Context(stage="test", workdir=workdir, cfg=cfg, device="cpu", args=args)
+    stage = pipeline.stage(task)
+    options = Options(labels=Path(labels) if labels is not None else None, background=bak if stage.per_background else None)
+    return Context(stage=stage, workdir=workdir, cfg=cfg, device="cpu", options=options)
 
 
 def _label_file(path, rows):
@@ -37,29 +39,27 @@ def work(tmp_path):
 def test_white_stage_learns_from_black_labels_with_polarity_swapped(work):
     workdir, labels = work
     ctx = _context(workdir, labels)
-    task = TASKS["contrast"].for_background("white")
     own = labels / "5_contrast_white_label.tsv"
-    assert shared_label_path(ctx, task, own) == labels / "5_contrast_black_label.tsv"
-    images, found = read_training_images(ctx, own, shared_label_path(ctx, task, own))
+    assert shared_label_path(ctx, own) == labels / "5_contrast_black_label.tsv"
+    images, found = read_training_images(ctx, own, shared_label_path(ctx, own))
     assert found == [0, 0, 0, 1]
     assert images[0].tolist() == [[252, 242], [52, 252]]  # its own image as it is
     assert images[2].tolist() == [[252, 242], [52, 252]]  # b0 seen on a white background
     # an explicit --labels file finds its sibling of the other background
     ctx = _context(workdir, own)
-    assert shared_label_path(ctx, task, own) == labels / "5_contrast_black_label.tsv"
+    assert shared_label_path(ctx, own) == labels / "5_contrast_black_label.tsv"
 
 
 def test_without_sharing_a_single_class_file_is_refused(work):
     workdir, labels = work
     ctx = _context(workdir, labels, share=False)
-    task = TASKS["contrast"].for_background("white")
     own = labels / "5_contrast_white_label.tsv"
-    assert shared_label_path(ctx, task, own) is None
+    assert shared_label_path(ctx, own) is None
     with pytest.raises(HbrError, match="5_contrast_white_label.tsv.*both classes"):
-        read_training_images(ctx, own, shared_label_path(ctx, task, own))
+        read_training_images(ctx, own, shared_label_path(ctx, own))
 
 
 def test_stages_that_run_once_share_nothing(work):
     workdir, labels = work
     ctx = _context(workdir, labels, task="crop")
-    assert shared_label_path(ctx, TASKS["crop"], labels / "3_crop_label.tsv") is None
+    assert shared_label_path(ctx, labels / "3_crop_label.tsv") is None

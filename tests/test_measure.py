@@ -13,8 +13,9 @@ from hbr.evaluate import box_iou, format_scores, score_decisions, score_landmark
 from hbr.files import read_tsv, write_png, write_tsv
 from hbr.imaging import canvas_to_original_xy, from_canvas, to_canvas
 from hbr.landmarks import LANDMARKS, Box
-from hbr.measure import box_from_mask, boxes_from_cells, geometry_cells, geometry_columns
+from hbr.masks import box_from_mask, boxes_from_cells, geometry_cells, geometry_columns
 from hbr.phenotypes import phenotype_columns
+from hbr import ledger
 from hbr.stages import measure as stage
 
 # --------------------------------------------------------------------------- box_from_mask
@@ -248,14 +249,14 @@ def test_hbr_table_has_every_image_once_with_its_fate(finished_run):
 
 
 def test_accounting_passes_on_a_consistent_run(finished_run):
-    assert stage.check_accounting(finished_run) == []
+    assert ledger.check_accounting(finished_run) == []
 
 
 def test_accounting_detects_a_dropped_image(run_copy):
     path = run_copy / "8_segment_result" / "hbr_table.tsv"
     hbr = read_tsv(path)
     write_tsv(path, hbr[hbr["Image"] != "C_12"])
-    problems = stage.check_accounting(run_copy)
+    problems = ledger.check_accounting(run_copy)
     assert len(problems) == 1 and "C_12" in problems[0] and "dcm_table.tsv" in problems[0]
 
 
@@ -265,14 +266,14 @@ def test_accounting_detects_a_lost_handover_and_bad_summary(run_copy):
     summary = read_tsv(run_copy / "1_summary.tsv")
     summary.loc[0, "members"] = "6"
     write_tsv(run_copy / "1_summary.tsv", summary)
-    problems = stage.check_accounting(run_copy)
+    problems = ledger.check_accounting(run_copy)
     assert "2_class_pred.tsv kept 3 images != 3_crop_pred.tsv saw 2: 1 only in the first (B_12)" in problems
     assert any("members 6 != images 2 + skipped 3 + errors 0" in p for p in problems)
 
 
 def test_kept_but_not_yet_measured_images_are_not_measured(tmp_path):
     make_run(tmp_path)
-    hbr = stage.build_hbr_table(stage.load_run_state(tmp_path)).set_index("Image")
+    hbr = ledger.build_hbr_table(ledger.load_run_state(tmp_path)).set_index("Image")
     assert hbr.loc["A_12", "excluded_by"] == "not_measured"
     assert "8_cal_segment black has not run" in hbr.loc["A_12", "reason"]
     assert hbr.loc["D_11", "excluded_by"] == "2_body_class"
@@ -291,7 +292,7 @@ def test_background_without_images_gives_an_empty_table(run_copy):
     assert stage.main(["white", "--workdir", str(run_copy), "--no-report"]) == 0
     assert len(segment_rows(run_copy, "white")) == 0
     hbr = read_tsv(run_copy / "8_segment_result" / "hbr_table.tsv")
-    assert len(hbr) == len(IMAGES) and stage.check_accounting(run_copy) == []
+    assert len(hbr) == len(IMAGES) and ledger.check_accounting(run_copy) == []
 
 
 def test_bad_masks_are_reported_not_fatal(run_copy):
@@ -317,7 +318,7 @@ def test_no_height_and_no_spacing_are_in_the_status(run_copy):
 def test_missing_or_malformed_tables_name_the_file(run_copy, capsys):
     write_tsv(run_copy / "3_crop_pred.tsv", pd.DataFrame({"Image": ["A_12"], "label": ["0"]}))
     with pytest.raises(HbrError, match="3_crop_pred.tsv: missing column"):
-        stage.load_run_state(run_copy)
+        ledger.load_run_state(run_copy)
     (run_copy / "dcm_table.tsv").unlink()
     assert stage.main(["black", "--workdir", str(run_copy)]) == 1
     assert "dcm_table.tsv: not found" in capsys.readouterr().err

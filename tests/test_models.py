@@ -47,6 +47,24 @@ def test_checkpoint_round_trip_and_refusal(tmp_path):
         load_checkpoint(junk)
 
 
+def test_earlier_checkpoint_formats_still_predict_and_retrain_once_in_run_mode(tmp_path):
+    from hbr.stages.model_stage import _current_checkpoint
+
+    spec = {"kind": "classifier", "arch": "resnet18", "num_outputs": 2}
+    path = tmp_path / "m" / "model.pt"
+    save_checkpoint(path, create_model(spec), {"spec": spec, "config_hash": "abc"})
+    ckpt = torch.load(path, weights_only=True)
+    assert _current_checkpoint(path, "abc")[0] is not None
+    torch.save({**ckpt, "format": "hbr-checkpoint-1"}, path)
+    model, meta = load_checkpoint(path)  # prediction with a model saved before the retrain key changed
+    assert meta["format"] == "hbr-checkpoint-1"
+    found, why = _current_checkpoint(path, "abc-new")
+    assert found is None and "earlier hbr (hbr-checkpoint-1)" in why and "retraining once" in why
+    torch.save({**ckpt, "format": "hbr-checkpoint-9"}, path)
+    with pytest.raises(HbrError, match="saved by a newer hbr \\(hbr-checkpoint-9\\)"):
+        load_checkpoint(path)
+
+
 def test_checkpoint_missing_weights_is_refused(tmp_path):
     model = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2})
     path = tmp_path / "m.pt"

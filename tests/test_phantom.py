@@ -16,7 +16,7 @@ from hbr.files import read_tsv
 from hbr.labels import read_labelme
 from hbr.landmarks import LANDMARKS, POINT_LANDMARKS, Box
 from hbr.phantom import generate, main, make_participant, plan_categories
-from hbr.phenotypes import measure, phenotype_columns
+from hbr.phenotypes import compute_phenotypes, phenotype_columns
 
 N = 12
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "ukb_dxa_examples"
@@ -200,7 +200,7 @@ def test_truth_phenotypes_recompute(phantom):
         r = row._asdict()
         g = {"head": Box(r["head_x"], r["head_y"], r["head_w"], r["head_h"], r["head_cx"], r["head_cy"])}
         g.update({n: Box(r[f"{n}_cx"], r[f"{n}_cy"], 0, 0, r[f"{n}_cx"], r[f"{n}_cy"]) for n in POINT_LANDMARKS})
-        expected = measure(g, r["height_m"], (r["spacing_mm_x"], r["spacing_mm_y"]))
+        expected = compute_phenotypes(g, r["height_m"], (r["spacing_mm_x"], r["spacing_mm_y"]))
         for col in phenotype_columns():
             assert r[col] == pytest.approx(expected[col], rel=1e-3, abs=1e-3), col
         # height-scaled and scanner-scaled stature agree to a few percent (vertex to ankle ~ 96 % of height)

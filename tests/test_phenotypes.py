@@ -5,7 +5,7 @@ import math
 import pytest
 
 from hbr.landmarks import LANDMARKS, Box
-from hbr.phenotypes import RATIOS, measure, phenotype_columns
+from hbr.phenotypes import RATIOS, compute_phenotypes, phenotype_columns
 
 
 def point(cx, cy):
@@ -29,7 +29,7 @@ SCALE = 0.4  # cm per pixel
 
 @pytest.fixture
 def values():
-    return measure(GEOMETRY, HEIGHT_M)
+    return compute_phenotypes(GEOMETRY, HEIGHT_M)
 
 
 def test_columns_match_measure(values):
@@ -96,7 +96,7 @@ def test_no_spacing_gives_no_mm_values(values):
 
 
 def test_anisotropic_mm_spacing():
-    values = measure(GEOMETRY, HEIGHT_M, spacing_mm=(2.0, 3.0))
+    values = compute_phenotypes(GEOMETRY, HEIGHT_M, spacing_mm=(2.0, 3.0))
     assert values["stature_mm"] == pytest.approx(400 * 3.0)
     assert values["head_length_mm"] == pytest.approx(50 * 3.0)  # vertical: y spacing
     assert values["head_width_mm"] == pytest.approx(40 * 2.0)  # horizontal: x spacing
@@ -109,7 +109,7 @@ def test_anisotropic_mm_spacing():
 
 @pytest.mark.parametrize("height_m", [None, 0, 0.0, -1.7])
 def test_no_patient_size_gives_no_cm_values(height_m):
-    values = measure(GEOMETRY, height_m, spacing_mm=(2.0, 2.0))
+    values = compute_phenotypes(GEOMETRY, height_m, spacing_mm=(2.0, 2.0))
     assert values["Height_cm"] is None and values["cm_per_px"] is None
     assert all(values[c] is None for c in phenotype_columns() if c.endswith("_cm"))
     assert values["LHR"] is None and values["WHR"] is None
@@ -119,14 +119,14 @@ def test_no_patient_size_gives_no_cm_values(height_m):
 
 
 def test_ratios_between_body_lengths_need_no_height():
-    values = measure(GEOMETRY, None)
+    values = compute_phenotypes(GEOMETRY, None)
     assert values["LSR"] == pytest.approx(20 / 36)
     assert values["WHiR"] == pytest.approx(16 / 20)
 
 
 def test_missing_ankle_breaks_only_what_needs_it():
     geometry = {**GEOMETRY, "ankle_left": None}
-    values = measure(geometry, HEIGHT_M, spacing_mm=(2.0, 2.0))
+    values = compute_phenotypes(geometry, HEIGHT_M, spacing_mm=(2.0, 2.0))
     assert values["height_px"] is None and values["cm_per_px"] is None and values["stature_mm"] is None
     assert values["head_length_cm"] is None and values["LHR"] is None
     assert values["leg_length_cm"] is None and values["leg_length_left_mm"] is None
@@ -136,13 +136,13 @@ def test_missing_ankle_breaks_only_what_needs_it():
 
 
 def test_missing_head_gives_no_head_ratios():
-    values = measure({**GEOMETRY, "head": None}, HEIGHT_M)
+    values = compute_phenotypes({**GEOMETRY, "head": None}, HEIGHT_M)
     assert values["height_px"] is None
     assert all(values[r] is None for r in RATIOS)
 
 
 def test_missing_hip_gives_no_hip_trunk_or_leg_values():
-    values = measure({**GEOMETRY, "hip_right": None}, HEIGHT_M)
+    values = compute_phenotypes({**GEOMETRY, "hip_right": None}, HEIGHT_M)
     for name in ("hip_width_cm", "trunk_length_cm", "trunk_length_right_cm", "leg_length_cm", "LHiR", "LTR", "LLeR"):
         assert values[name] is None, name
     assert values["trunk_length_left_cm"] == pytest.approx(124 * SCALE)
@@ -150,12 +150,12 @@ def test_missing_hip_gives_no_hip_trunk_or_leg_values():
 
 
 def test_all_missing_gives_all_none_but_height():
-    values = measure(dict.fromkeys(LANDMARKS), HEIGHT_M)
+    values = compute_phenotypes(dict.fromkeys(LANDMARKS), HEIGHT_M)
     assert values["Height_cm"] == pytest.approx(160.0)
     assert all(v is None for k, v in values.items() if k != "Height_cm")
 
 
 def test_ankles_above_head_give_no_scale():
     geometry = {**GEOMETRY, "ankle_left": point(140, 10), "ankle_right": point(110, 10)}
-    values = measure(geometry, HEIGHT_M)
+    values = compute_phenotypes(geometry, HEIGHT_M)
     assert values["cm_per_px"] is None and values["LHR"] is None

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from hbr.files import TMP_PREFIX, read_tsv
-from hbr.stages.measure import check_accounting
+from hbr.ledger import check_accounting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"

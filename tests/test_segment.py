@@ -1,12 +1,13 @@
 """Which LabelMe files a U-Net trains from: its own, and the other background's when shared."""
 
-import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hbr.cli import Context
+from hbr import pipeline
+from hbr.cli import Context, Options
 from hbr.config import load_config
 from hbr.errors import HbrError
 from hbr.files import write_npy, write_text
@@ -20,8 +21,8 @@ WHITE_IMAGE = np.array([[252, 252, 252], [252, 52, 252], [252, 162, 252]], np.ui
 def _context(workdir, labels, share=True, min_images=2):
     cfg = load_config(None, [f"segmenter.share_backgrounds={str(share).lower()}",
                              f"segmenter.train.min_images={min_images}"])
-    args = argparse.Namespace(labels=str(labels) if labels is not None else None)
-    return Context(stage="test", workdir=workdir, cfg=cfg, device="cpu", args=args)
+    options = Options(labels=Path(labels) if labels is not None else None)
+    return Context(stage=pipeline.stage(7), workdir=workdir, cfg=cfg, device="cpu", options=options)
 
 
 def _labelme(path, image_id):

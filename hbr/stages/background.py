@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from hbr import cli
-from hbr.cli import BACKGROUNDS, Context
+from hbr import cli, pipeline
+from hbr.cli import Context
 from hbr.config import BackgroundConfig, CanvasConfig
 from hbr.errors import HbrError
-from hbr.files import image_folders, keep_images, list_images, write_tsv
+from hbr.files import keep_images, list_images, write_tsv
 from hbr.parallel import map_in_order
+from hbr.pipeline import BACKGROUNDS, image_folders
 
-INPUT_PREFIX = "3_crop_predicted"
-TABLE = "4_background.tsv"
+STAGE = pipeline.stage(4)
 COLUMNS = ["Image", "corner_value", "background", "oversize", "decision", "reason"]
 
 
@@ -51,9 +51,10 @@ def classify_background(image: np.ndarray, bg: BackgroundConfig, canvas: CanvasC
 
 def run(ctx: Context) -> None:
     """Decide the background of every image of stage 3 and link them into 4_bak_{black,white}."""
-    npy_dir, _ = image_folders(ctx.workdir, INPUT_PREFIX)
+    name, source = STAGE.name, STAGE.input()
+    npy_dir, _ = image_folders(ctx.workdir, source)
     if not npy_dir.is_dir():
-        raise HbrError(f"input folder {npy_dir} not found: run stage 3 first")
+        raise HbrError(f"input folder {npy_dir} not found: run {pipeline.producer(STAGE).script} first")
     ids = list_images(npy_dir)
 
     def decide(image_id: str) -> dict:
@@ -61,23 +62,24 @@ def run(ctx: Context) -> None:
             # memory-mapped: only the header and the corner block are read
             image = np.load(npy_dir / f"{image_id}.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            print(f"4_background_class: {npy_dir / image_id}.npy: cannot read ({exc})")
+            print(f"{name}: {npy_dir / image_id}.npy: cannot read ({exc})")
             return {"Image": image_id, "background": "", "decision": "remove", "reason": "unreadable image"}
         return {"Image": image_id, **classify_background(image, ctx.cfg.background, ctx.cfg.canvas)}
 
-    rows = list(tqdm(map_in_order(decide, ids, 4, "hbr-background"), total=len(ids), desc="4_background", unit="img"))
+    rows = list(tqdm(map_in_order(decide, ids, 4, "hbr-background"), total=len(ids), desc=name, unit="img"))
     table = pd.DataFrame(rows, columns=COLUMNS)
-    write_tsv(ctx.workdir / TABLE, table)
+    table_path = ctx.workdir / STAGE.table_name()
+    write_tsv(table_path, table)
     for bak in BACKGROUNDS:
         kept = table.loc[table["decision"] == bak, "Image"].tolist()
-        keep_images(kept, INPUT_PREFIX, f"4_bak_{bak}", ctx.workdir)
-        print(f"4_background_class: {len(kept)} {bak}-background images -> {ctx.workdir / f'4_bak_{bak}_npy'}")
+        keep_images(kept, source, STAGE.output(bak), ctx.workdir)
+        print(f"{name}: {len(kept)} {bak}-background images -> {image_folders(ctx.workdir, STAGE.output(bak))[0]}")
     removed = table[table["decision"] == "remove"]
     for row in removed.itertuples(index=False):
-        print(f"4_background_class: removed {row.Image}: {row.reason}")
-    print(f"4_background_class: table of all {len(table)} images -> {ctx.workdir / TABLE}")
+        print(f"{name}: removed {row.Image}: {row.reason}")
+    print(f"{name}: table of all {len(table)} images -> {table_path}")
 
 
 def main(argv=None) -> int:
     """Command line of stage 4."""
-    return cli.main("4_background_class", __doc__, lambda parser: None, run, argv)
+    return cli.main(STAGE, lambda parser: None, run, argv)

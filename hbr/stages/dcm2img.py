@@ -36,7 +36,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 from pydicom.dataset import Dataset
 from tqdm import tqdm
 
-from hbr import cli
+from hbr import cli, pipeline
 from hbr.config import DicomConfig
 from hbr.dicom import (
     DECIDING_TAGS,
@@ -62,13 +62,12 @@ from hbr.files import (
 )
 from hbr.memory import PeriodicRelease
 
-STAGE = "1_dcm2img"
-NPY_DIR = "1_Total_Body_npy"
-PNG_DIR = "1_Total_Body_png"
-TABLE_FILE = "dcm_table.tsv"
-ERRORS_FILE = "1_errors.tsv"
-SUMMARY_FILE = "1_summary.tsv"
-STATE_DIR = Path(".state") / STAGE
+STAGE = pipeline.stage(1).name
+NPY_DIR, PNG_DIR = (folder.name for folder in pipeline.image_folders(Path(), pipeline.TOTAL_BODY))
+TABLE_FILE = pipeline.DCM_TABLE
+ERRORS_FILE = pipeline.ERRORS_TABLE
+SUMMARY_FILE = pipeline.SUMMARY_TABLE
+STATE_DIR = Path(pipeline.STATE_DIR) / STAGE
 ERROR_COLUMNS = ("file", "member", "reason")
 SUMMARY_COLUMNS = ("source", "file", "members", "images", "skipped", "errors")
 STATE_VERSION = 1  # bump when the content of a state file changes meaning
@@ -654,14 +653,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: cli.Context) -> StageResult:
     """Run stage 1 from the command line and print its summary."""
-    outcome = run_stage(ctx.args.input, ctx.workdir, ctx.cfg.dicom)
+    outcome = run_stage(ctx.options.input, ctx.workdir, ctx.cfg.dicom)
     print(describe(outcome))
     return outcome
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point (1_dcm2img.py)."""
-    return cli.main(STAGE, __doc__, add_arguments, run, argv)
+    return cli.main(pipeline.stage(1), add_arguments, run, argv)
 
 
 if __name__ == "__main__":

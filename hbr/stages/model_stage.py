@@ -1,26 +1,27 @@
-"""What every model stage does alike: find or train its model, then predict in resumable chunks."""
+"""The one recipe every model stage (2, 3, 5, 6, 7) follows: find or train its model, then
+predict every input image in resumable chunks and write the stage's table."""
 
 from __future__ import annotations
 
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import pandas as pd
 import torch
 
 from hbr.cli import DEFAULT_LABELS, Context
-from hbr.config import PredictConfig, RuntimeConfig, config_hash
+from hbr.config import RuntimeConfig, config_hash
 from hbr.data import Preprocess
 from hbr.devices import configure_threads, resolve_device, to_device_for_inference
 from hbr.errors import HbrError
-from hbr.files import remove_stale, write_json, write_tsv
-from hbr.models import checkpoint_meta, model_from_checkpoint, read_checkpoint, save_checkpoint
+from hbr.files import list_images, remove_stale, write_json, write_tsv
+from hbr.models import CHECKPOINT_FORMAT, checkpoint_meta, model_from_checkpoint, read_checkpoint, save_checkpoint
+from hbr.pipeline import MODELS_DIR, STATE_DIR, image_folders, producer
+from hbr.resume import run_chunks
 from hbr.training import TrainResult
-
-PREDICT_CHUNK = PredictConfig().chunk_size  # default images per resumable chunk (config predict.chunk_size)
-
 
 
 def files_digest(paths: Iterable[Path]) -> str:
@@ -38,7 +39,7 @@ def label_location(ctx: Context, default_names: Iterable[str], folder_of_files: 
     With `folder_of_files` (LabelMe JSON) a --labels folder without a matching
     sub-folder is taken to be the folder of label files itself.
     """
-    given = Path(ctx.args.labels) if ctx.args.labels is not None else None
+    given = ctx.options.labels
     if given is not None and given.is_file():
         return given
     root = given if given is not None else DEFAULT_LABELS
@@ -51,10 +52,10 @@ def label_location(ctx: Context, default_names: Iterable[str], folder_of_files: 
     return root / names[0]
 
 
-def model_file(ctx: Context, model_name: str) -> Path:
-    """Checkpoint path: in --models DIR when given, else in WORKDIR/models."""
-    root = Path(ctx.args.models) if ctx.args.models is not None else ctx.workdir / "models"
-    return root / model_name / "model.pt"
+def model_file(ctx: Context) -> Path:
+    """Checkpoint path of the stage's model: in --models DIR when given, else in WORKDIR/models."""
+    root = ctx.options.models if ctx.options.models is not None else ctx.workdir / MODELS_DIR
+    return root / ctx.run_name / "model.pt"
 
 
 def metrics_file(checkpoint: Path) -> Path:
@@ -73,23 +74,6 @@ def stage_device(ctx: Context) -> torch.device:
     return resolve_device(ctx.device)
 
 
-def finish_without_images(ctx: Context, table_path: Path, columns: list[str], clear: Iterable[Path]) -> None:
-    """An input folder with no images: write an empty table, empty the outputs, need no model."""
-    write_tsv(table_path, pd.DataFrame(columns=columns))
-    for folder in clear:
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale(folder, ())
-    print(f"{ctx.stage}: no input images; wrote an empty {table_path}")
-
-
-def _current_checkpoint(path: Path, wanted_hash: str) -> Optional[dict]:
-    """The checkpoint at `path` if it was trained with `wanted_hash`, else None."""
-    if not path.is_file():
-        return None
-    ckpt = read_checkpoint(path)
-    return ckpt if ckpt.get("config_hash") == wanted_hash else None
-
-
 def save_trained(path: Path, model: torch.nn.Module, result: TrainResult, meta: dict) -> None:
     """Save the best weights as a self-describing checkpoint plus metrics JSON beside it."""
     model.load_state_dict(result.state_dict)
@@ -98,24 +82,85 @@ def save_trained(path: Path, model: torch.nn.Module, result: TrainResult, meta: 
     print(f"model saved: {path} (metrics: {metrics_file(path)})")
 
 
-def obtain_model(
-    ctx: Context,
-    model_name: str,
-    settings: tuple,
-    label_paths: Callable[[], list[Path]],
-    train_model: Callable[[Path, str], None],
-    device: torch.device,
-):
+@dataclass(frozen=True)
+class Training:
+    """How a stage trains its model.
+
+    `settings` are the config values that shape training (see config.training_values);
+    with the digest of `label_files()` they make the retrain key stored in the checkpoint,
+    so `run` retrains exactly when the labels or these settings changed. `train_into(path,
+    key)` reads the labels, trains and saves the checkpoint.
+    """
+
+    settings: tuple
+    label_files: Callable[[], list[Path]]
+    train_into: Callable[[Path, str, torch.device], None]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """How a stage predicts: a chunk of image ids -> table rows, and what to do with the table.
+
+    `version` names what besides the model changes the rows (e.g. the threshold), so resumed
+    chunks are reused only for the same work.
+    """
+
+    columns: list[str]
+    version: str
+    predict_chunk: Callable[[Any, dict, Path, list[str], torch.device], pd.DataFrame]
+    finish: Callable[[pd.DataFrame], None]
+    empty_folders: Callable[[], list[Path]]  # output folders emptied when there is no input image
+
+
+def run_model_stage(ctx: Context, training: Training, prediction: Prediction) -> None:
+    """Train and/or predict one model stage as --mode asks, and write its table."""
+    stage, bak, mode = ctx.stage, ctx.options.background, ctx.options.mode
+    npy_dir, _ = image_folders(ctx.workdir, stage.input(bak))
+    table_path = ctx.workdir / stage.table_name(bak)
+    if mode != "train" and not npy_dir.is_dir():
+        previous = producer(stage)
+        raise HbrError(f"input folder {npy_dir} not found: run {previous.script}{f' {bak}' if previous.per_background else ''} first")
+    ids = list_images(npy_dir)
+    if mode != "train" and not ids:
+        write_tsv(table_path, pd.DataFrame(columns=prediction.columns))
+        for folder in prediction.empty_folders():
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale(folder, ())
+        print(f"{stage.name}: no input images; wrote an empty {table_path}")
+        return
+    device = stage_device(ctx)
+    loaded = obtain_model(ctx, training, device)
+    if loaded is None:
+        return
+    model, meta = loaded
+    table = run_chunks(
+        ids, ctx.workdir / STATE_DIR / ctx.run_name, f"{meta['config_hash']}-{prediction.version}",
+        ctx.cfg.predict.chunk_size, lambda chunk: prediction.predict_chunk(model, meta, npy_dir, chunk, device),
+        desc=ctx.run_name,
+    )
+    write_tsv(table_path, table)
+    prediction.finish(table)
+
+
+def _current_checkpoint(path: Path, wanted_hash: str) -> tuple[Optional[dict], str]:
+    """(the checkpoint at `path` if it was trained with `wanted_hash`, else None; why it is not)."""
+    if not path.is_file():
+        return None, "no model for these labels and config"
+    ckpt = read_checkpoint(path)
+    if ckpt.get("config_hash") == wanted_hash:
+        return ckpt, ""
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        return None, (f"the model at {path} was saved by an earlier hbr ({ckpt.get('format')}) whose retrain key "
+                      "is computed differently: retraining once")
+    return None, "the labels or training settings changed"
+
+
+def obtain_model(ctx: Context, training: Training, device: torch.device):
     """Train and/or load the stage's model as --mode and --models ask: (model, meta), or None in
     train mode. The model is a Future (it is built while prediction starts); hbr.prediction
-    takes it as it is.
-
-    `settings` are the config sections that shape training; with the labels' digest
-    they make the config hash stored in the checkpoint, so `run` retrains only when
-    the labels or these settings changed.
-    """
-    mode, given_models = ctx.args.mode, ctx.args.models is not None
-    path = model_file(ctx, model_name)
+    takes it as it is."""
+    mode, given_models = ctx.options.mode, ctx.options.models is not None
+    path = model_file(ctx)
     ckpt = None
     if given_models and mode == "train":
         raise HbrError("--models is for prediction with existing models; train without it")
@@ -123,11 +168,11 @@ def obtain_model(
         if not path.is_file():
             raise HbrError(f"no model at {path}; train it first (--mode train) or give --models DIR")
     else:
-        wanted = config_hash(*settings, files_digest(label_paths()))
-        ckpt = None if mode == "train" else _current_checkpoint(path, wanted)
+        wanted = config_hash(*training.settings, files_digest(training.label_files()))
+        ckpt, why = (None, "asked") if mode == "train" else _current_checkpoint(path, wanted)
         if ckpt is None:
-            print(f"training {model_name} ({'asked' if mode == 'train' else 'no model for these labels and config'})")
-            train_model(path, wanted)
+            print(f"training {ctx.run_name} ({why})")
+            training.train_into(path, wanted, device)
         else:
             print(f"using trained model {path} (labels and config unchanged)")
         if mode == "train":
@@ -139,7 +184,7 @@ def obtain_model(
 
 def _build_in_background(ckpt: dict, path: Path, device: torch.device, runtime: RuntimeConfig) -> Future:
     """Build the network of a read checkpoint on `device` in a thread: the first images are
-    read and prepared meanwhile (about 0.1-0.15 s a stage on a CPU, see hbr.prediction)."""
+    read and prepared meanwhile."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hbr-model")
     try:
         return pool.submit(lambda: to_device_for_inference(model_from_checkpoint(ckpt, path), device, runtime))

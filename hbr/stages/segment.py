@@ -17,42 +17,24 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from hbr import cli
+from hbr import cli, pipeline
 from hbr.cli import Context
+from hbr.config import training_values
 from hbr.data import PredictionSet, Preprocess, SegmenterSet
 from hbr.errors import HbrError
-from hbr.evaluate import box_iou
-from hbr.files import image_folders, list_images, remove_stale, write_npy, write_png, write_tsv
+from hbr.files import remove_stale, write_npy, write_png
 from hbr.imaging import input_to_original, mask_to_original, swap_background
 from hbr.labels import LabelledImage, labelme_files, read_labelme
-from hbr.landmarks import HEAD, LANDMARKS, check_landmarks
-from hbr.measure import box_from_mask
+from hbr.landmarks import HEAD, LANDMARKS, box_iou, check_landmarks
+from hbr.masks import box_from_mask
 from hbr.models import create_model
+from hbr.pipeline import mask_folder, other_background, total_body_npy
 from hbr.prediction import predict_batches
-from hbr.resume import run_chunks
-from hbr.stages.model_stage import (
-    finish_without_images,
-    label_location,
-    obtain_model,
-    preprocess_for,
-    save_trained,
-    stage_device,
-)
+from hbr.stages.model_stage import Prediction, Training, label_location, preprocess_for, run_model_stage, save_trained
 from hbr.training import seed_everything, split_indices, train
 
-STAGE = "7_segment"
-TOTAL_BODY_NPY = "1_Total_Body_npy"
+STAGE = pipeline.stage(7)
 COLUMNS = ["Image", "status"]
-
-
-def input_prefix(bak: str) -> str:
-    """Image folders this stage reads (stage 6's kept images)."""
-    return f"6_pose_{bak}_predicted"
-
-
-def mask_folder(workdir: Path, landmark: str, bak: str) -> Path:
-    """Where the masks of one landmark and background go."""
-    return workdir / f"7_segment_predicted_{landmark}_{bak}"
 
 
 class SegmenterObjective:
@@ -93,11 +75,6 @@ class SegmenterObjective:
         return out
 
 
-def label_folder_names(bak: str) -> list[str]:
-    """Label folder names of one background: ours, then upstream's."""
-    return [f"7_segment_{bak}", f"7_segment_masked_{bak}_direct/in"]
-
-
 def shared_label_folder(ctx: Context, bak: str, folder: Path) -> Optional[Path]:
     """The other background's LabelMe folder that this background's U-Net also learns from
     (segmenter.share_backgrounds), or None.
@@ -108,10 +85,10 @@ def shared_label_folder(ctx: Context, bak: str, folder: Path) -> Optional[Path]:
     """
     if not ctx.cfg.segmenter.share_backgrounds:
         return None
-    other = cli.other_background(bak)
-    swapped = Path(*(part.replace(f"_{bak}", f"_{other}") if part.startswith(STAGE) else part
+    other = other_background(bak)
+    swapped = Path(*(part.replace(f"_{bak}", f"_{other}") if part.startswith(STAGE.name) else part
                      for part in folder.parts))
-    for candidate in (swapped, label_location(ctx, label_folder_names(other))):
+    for candidate in (swapped, label_location(ctx, STAGE.label_names(other))):
         if candidate != folder and candidate.is_dir() and labelme_files(candidate):
             return candidate
     return None
@@ -122,7 +99,7 @@ def _read_labelme_folder(folder: Path, workdir: Path) -> list[LabelledImage]:
     items = []
     for path in labelme_files(folder):
         try:
-            items.append(read_labelme(path, [workdir / TOTAL_BODY_NPY]))
+            items.append(read_labelme(path, [total_body_npy(workdir)]))
         except HbrError as exc:
             print(f"{exc}; file skipped")
     return items
@@ -149,9 +126,9 @@ def read_training_labels(ctx: Context, folder: Path, shared: Optional[Path]) -> 
     return items
 
 
-def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path], device) -> Callable[[Path, str], None]:
-    """The training step of `obtain_model`: read the LabelMe files, train, save the checkpoint."""
-    def train_into(path: Path, wanted_hash: str) -> None:
+def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path]) -> Callable[[Path, str, torch.device], None]:
+    """The training step of the stage (see model_stage.Training): read the LabelMe files, train, save the checkpoint."""
+    def train_into(path: Path, wanted_hash: str, device: torch.device) -> None:
         s = ctx.cfg.segmenter
         items = read_training_labels(ctx, folder, shared)
         prep = preprocess_for(ctx, s.input_height, s.input_width)
@@ -179,7 +156,7 @@ def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path], device)
         meta = {
             "spec": spec,
             "preprocess": prep.to_dict(),
-            "task": {"stage": STAGE, "landmarks": list(LANDMARKS), "label_folder": str(folder),
+            "task": {"stage": STAGE.name, "landmarks": list(LANDMARKS), "label_folder": str(folder),
                      "shared_label_folder": str(shared) if shared is not None else None,
                      "point_radius": s.point_radius},
             "config_hash": wanted_hash,
@@ -189,11 +166,11 @@ def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path], device)
     return train_into
 
 
-def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: tuple[str, ...], device) -> pd.DataFrame:
+def segment_images(model, meta, ctx: Context, npy_dir: Path, ids: list[str], wanted: tuple[str, ...], device) -> pd.DataFrame:
     """Write the masks of `wanted` landmarks for a batch of images; one status row per image."""
+    bak = ctx.options.background
     prep = Preprocess(**meta["preprocess"])
     channels = [meta["task"]["landmarks"].index(n) for n in wanted]
-    npy_dir, _ = image_folders(ctx.workdir, input_prefix(bak))
     paths = [npy_dir / f"{i}.npy" for i in ids]
     save_npy, floor = ctx.cfg.segmenter.save_npy, ctx.cfg.segmenter.mask_floor
 
@@ -225,43 +202,33 @@ def segment_images(model, meta, ctx: Context, bak: str, ids: list[str], wanted: 
 
 def run(ctx: Context) -> None:
     """Train and/or predict the landmark U-Net of one background, as --mode asks."""
-    bak = ctx.args.background
-    wanted = check_landmarks(ctx.args.landmarks or LANDMARKS)
-    npy_dir, _ = image_folders(ctx.workdir, input_prefix(bak))
-    if ctx.args.mode != "train" and not npy_dir.is_dir():
-        raise HbrError(f"input folder {npy_dir} not found: run stage 6 {bak} first")
-    ids = list_images(npy_dir)
-    if ctx.args.mode != "train" and not ids:
-        finish_without_images(ctx, ctx.workdir / f"7_segment_{bak}.tsv", COLUMNS,
-                              [mask_folder(ctx.workdir, name, bak) for name in wanted])
-        return
-    device = stage_device(ctx)
-    folder = label_location(ctx, label_folder_names(bak), folder_of_files=True)
+    bak = ctx.options.background
+    wanted = check_landmarks(ctx.options.landmarks or LANDMARKS)
+    folder = label_location(ctx, STAGE.label_names(bak), folder_of_files=True)
     shared = shared_label_folder(ctx, bak, folder)
     s = ctx.cfg.segmenter
-    settings = (STAGE, s.arch, s.encoder, s.input_height, s.input_width, s.pretrained, s.point_radius,
-                s.point_weight, s.point_bias, s.train, s.augment, ctx.cfg.canvas)
-    if shared is not None:
-        settings += (ctx.cfg.background,)
-    loaded = obtain_model(ctx, f"{STAGE}_{bak}", settings,
-                          lambda: labelme_files(folder) + (labelme_files(shared) if shared is not None else []),
-                          _train_segmenter(ctx, folder, shared, device), device)
-    if loaded is None:
-        return
-    model, meta = loaded
-    version = f"{meta['config_hash']}-{'-'.join(wanted)}-{int(s.save_npy)}-{s.mask_floor}"
-    table = run_chunks(
-        ids, ctx.workdir / ".state" / f"{STAGE}_{bak}", version, ctx.cfg.predict.chunk_size,
-        lambda chunk: segment_images(model, meta, ctx, bak, chunk, wanted, device), desc=f"{STAGE} {bak}",
+    training = Training(
+        settings=(STAGE.name, training_values(s), ctx.cfg.canvas, ctx.cfg.background),
+        label_files=lambda: labelme_files(folder) + (labelme_files(shared) if shared is not None else []),
+        train_into=_train_segmenter(ctx, folder, shared),
     )
-    write_tsv(ctx.workdir / f"7_segment_{bak}.tsv", table)
-    done = set(table.loc[table["status"] == "ok", "Image"])
-    for name in wanted:
-        folder_out = mask_folder(ctx.workdir, name, bak)
-        folder_out.mkdir(parents=True, exist_ok=True)
-        remove_stale(folder_out, {f"{i}{ext}" for i in done for ext in (".png", ".npy")})
-    print(f"7_segment: masks of {len(done)} {bak}-background images for {', '.join(wanted)} -> "
-          f"{mask_folder(ctx.workdir, '{landmark}', bak)}")
+
+    def finish(table: pd.DataFrame) -> None:
+        done = set(table.loc[table["status"] == "ok", "Image"])
+        for name in wanted:
+            folder_out = mask_folder(ctx.workdir, name, bak)
+            folder_out.mkdir(parents=True, exist_ok=True)
+            remove_stale(folder_out, {f"{i}{ext}" for i in done for ext in (".png", ".npy")})
+        print(f"{STAGE.name}: masks of {len(done)} {bak}-background images for {', '.join(wanted)} -> "
+              f"{mask_folder(ctx.workdir, '{landmark}', bak)}")
+
+    prediction = Prediction(
+        columns=COLUMNS, version=f"{'-'.join(wanted)}-{int(s.save_npy)}-{s.mask_floor}",
+        predict_chunk=lambda model, meta, npy_dir, chunk, device: segment_images(
+            model, meta, ctx, npy_dir, chunk, wanted, device),
+        finish=finish, empty_folders=lambda: [mask_folder(ctx.workdir, name, bak) for name in wanted],
+    )
+    run_model_stage(ctx, training, prediction)
 
 
 def add_arguments(parser) -> None:
@@ -273,4 +240,4 @@ def add_arguments(parser) -> None:
 
 def main(argv=None) -> int:
     """Command line of stage 7."""
-    return cli.main(STAGE, __doc__, add_arguments, run, argv)
+    return cli.main(STAGE, add_arguments, run, argv)
