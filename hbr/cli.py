@@ -159,6 +159,25 @@ def describe_os_error(exc: OSError) -> str:
     return f"cannot write or read{where}: {hint}"
 
 
+def call_reporting_errors(prog: str, action: Callable[[], object], after_interrupt: str = "") -> tuple[int, object]:
+    """Run `action()`; a user error becomes one line on stderr instead of a traceback.
+
+    Returns (exit status: 0, 1 for an HbrError or file-system error, 130 when interrupted;
+    the action's result, or None when it failed).
+    """
+    try:
+        return 0, action()
+    except HbrError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1, None
+    except OSError as exc:
+        print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted{after_interrupt}", file=sys.stderr)
+        return 130, None
+
+
 def main(
     stage: Stage,
     add_arguments: Callable[[argparse.ArgumentParser], None],
@@ -169,15 +188,6 @@ def main(
     parser = build_parser(stage)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        run(make_context(stage, args))
-    except HbrError as exc:
-        print(f"{stage.name}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{stage.name}: error: {describe_os_error(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{stage.name}: interrupted; re-run to continue where it stopped", file=sys.stderr)
-        return 130
-    return 0
+    status, _ = call_reporting_errors(stage.name, lambda: run(make_context(stage, args)),
+                                      "; re-run to continue where it stopped")
+    return status
