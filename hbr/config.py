@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import yaml
 
@@ -35,6 +35,32 @@ def key(default: Any, meaning: str, predict: bool = False) -> Any:
     model: a change to it never makes a stage retrain (see training_values).
     """
     return field(default=default, metadata={MEANING: meaning, PREDICT_ONLY: predict})
+
+
+# The type of a `pretrained` key: False (from scratch), True (ImageNet weights from the local
+# torch hub cache) or the path of a weights file the user has; hbr.models reads it.
+Weights = typing.Union[bool, str]
+WEIGHTS_WORDS = {"true": True, "yes": True, "on": True, "1": True, "imagenet": True,
+                 "false": False, "no": False, "off": False, "0": False}
+
+
+def _weights_value(value: Any, key: str) -> bool | str:
+    """A `pretrained` value: True/False (YAML booleans, their words, `imagenet` = True) or a file path.
+
+    A bare word is not taken for a file name (`auto` is more likely a mistake than a file):
+    a path has a folder part or a suffix, e.g. ./weights or resnet18.pt.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip() if isinstance(value, str) else ""
+    if text.lower() in WEIGHTS_WORDS:
+        return WEIGHTS_WORDS[text.lower()]
+    if text and ("/" in text or "\\" in text or "." in text or text.startswith("~")):
+        return text
+    raise ConfigError(f"{key}: {value!r} is not true, false, imagenet or a weights file path "
+                      "(a file path has a folder or a suffix, e.g. ./weights or resnet18.pt)")
 
 
 def section(factory: Callable[[], Any], meaning: str = "") -> Any:
@@ -100,13 +126,33 @@ class TrainConfig:
     min_images: int = key(10, "refuse to train on fewer labelled images")
 
 
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class QcStageConfig:
+    region: str = key("whole", "what the model sees: whole (the image), bands (top and bottom 15 % of the scan) "
+                               "or head (top quarter)")
+    threshold: str = key(AUTO, "probability of label 1 at or above which an image is label 1: auto (chosen on "
+                               "out-of-fold predictions, stored in the model) or a number in [0, 1]", predict=True)
+    input_height: int = key(0, "model input height of this stage, pixels (0: classifier.input_height)")
+    input_width: int = key(0, "model input width of this stage, pixels (0: classifier.input_width)")
+    # a rotation tilts a head (pose) and a shift or zoom can cut a body off (framing)
+    rotate: bool = key(True, "augment with the rotation of classifier.augment")
+    shift: bool = key(True, "augment with the shift and zoom of classifier.augment")
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     arch: str = key("resnet152", "torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152")
     input_height: int = key(960, "model input height, pixels (the canvas is resized to it)")
     input_width: int = key(384, "model input width, pixels")
-    pretrained: bool = key(False, "start from ImageNet weights in the local torch hub cache (never downloaded)")
-    threshold: float = key(0.5, "probability of label 1 at or above which an image is label 1", predict=True)
+    pretrained: Weights = key(False, "false: from scratch; true: ImageNet weights in the local torch hub cache "
+                                     "(never downloaded); or the path of a ResNet state-dict file")
+    # balanced batches: a rare defect (a few positives among hundreds) is in every batch
+    balance: bool = key(True, "each training batch draws both classes equally often (sampling with replacement)")
+    folds: int = key(3, "k-fold training over the labels for out-of-fold scores and the automatic threshold "
+                        "(0: no folds; the threshold is then 0.5)")
     # white-background scans are few, and an inverted white scan looks like a black one
     share_backgrounds: bool = key(
         True, "stages 5 and 6 also learn from the other background's labels, polarity swapped")
@@ -114,6 +160,28 @@ class ClassifierConfig:
     # every QC question (bone image, framing, contrast, head pose) has the same answer in a
     # mirror image and on the other background (white-background scans are inverted renderings)
     augment: AugmentConfig = section(lambda: AugmentConfig(hflip=0.5, invert=0.5), "training augmentation")
+    # each QC question looks where its defect is, with augmentation that cannot create or remove it
+    body: QcStageConfig = section(QcStageConfig, "stage 2: whole-body bone image")
+    # the bands and the head are a quarter to a third of the scan's rows: half the input height
+    # shows them at more than twice the resolution the whole image gets
+    crop: QcStageConfig = section(lambda: QcStageConfig(region="bands", input_height=480, shift=False),
+                                  "stage 3: framing")
+    contrast: QcStageConfig = section(QcStageConfig, "stage 5: contrast")
+    pose: QcStageConfig = section(lambda: QcStageConfig(region="head", input_height=480, rotate=False),
+                                  "stage 6: head pose")
+
+    def stage(self, task: str) -> "QcStageConfig":
+        """The settings of one classifier stage (task: body, crop, contrast or pose)."""
+        return getattr(self, task)
+
+    def stage_names(self) -> list[str]:
+        """The classifier stages that have a section here (the registry's tasks: body, crop, ...)."""
+        return [f.name for f in dataclasses.fields(self) if f.type in (QcStageConfig, "QcStageConfig")]
+
+    def input_size(self, task: str) -> tuple[int, int]:
+        """(height, width) of one classifier stage's model input."""
+        stage = self.stage(task)
+        return stage.input_height or self.input_height, stage.input_width or self.input_width
 
 
 @dataclass(frozen=True)
@@ -122,7 +190,8 @@ class SegmenterConfig:
     encoder: str = key("resnet152", "ResNet encoder: resnet18 ... resnet152")
     input_height: int = key(960, "model input height, pixels")
     input_width: int = key(384, "model input width, pixels")
-    pretrained: bool = key(False, "start the encoder from ImageNet weights in the local torch hub cache")
+    pretrained: Weights = key(False, "encoder start: false (scratch), true (local ImageNet weights) or the path "
+                                     "of an encoder or ResNet state-dict file")
     point_radius: float = key(24.0, "disc radius of point targets, input pixels")
     point_weight: float = key(10.0, "BCE weight of the point channels")
     point_bias: float = key(-2.2, "initial output bias of the point channels (points are rare pixels)")
@@ -202,6 +271,8 @@ def valid_keys(cls=Config, prefix: str = "") -> list[str]:
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Convert a YAML or command-line value to the field's type, or raise ConfigError."""
+    if typ == Weights:
+        return _weights_value(value, key)
     try:
         if typ is bool:
             if isinstance(value, str):
@@ -322,8 +393,34 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 MIN_BF16_INPUT_SIDE = 64
 
 
+def fixed_threshold(stage: QcStageConfig) -> Optional[float]:
+    """A classifier stage's threshold when the config fixes one; None for auto."""
+    return None if str(stage.threshold).strip().lower() == AUTO else float(stage.threshold)
+
+
+def _check_classifier_stages(c: ClassifierConfig) -> None:
+    from hbr.imaging import REGIONS  # here: OpenCV is not imported to parse a config
+
+    if c.folds == 1 or c.folds < 0:
+        raise ConfigError(f"classifier.folds = {c.folds}: must be 0 (no folds) or at least 2")
+    for name in c.stage_names():
+        stage = c.stage(name)
+        if stage.input_height < 0 or stage.input_width < 0:
+            raise ConfigError(f"classifier.{name}.input_height/input_width: must be positive, or 0 for "
+                              "classifier.input_height/input_width")
+        if stage.region not in REGIONS:
+            raise ConfigError(f"classifier.{name}.region = {stage.region!r}; valid: {', '.join(REGIONS)}")
+        try:
+            value = fixed_threshold(stage)
+        except ValueError:
+            value = -1.0
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"classifier.{name}.threshold = {stage.threshold!r}: must be auto or a number in [0, 1]")
+
+
 def check_values(cfg: Config) -> Config:
     """Refuse values that parse but cannot work; returns `cfg`."""
+    _check_classifier_stages(cfg.classifier)
     for key in ("batch_size", "segmenter_batch_size", "chunk_size"):
         if getattr(cfg.predict, key) < 1:
             raise ConfigError(f"predict.{key} = {getattr(cfg.predict, key)}: must be at least 1")
@@ -332,15 +429,17 @@ def check_values(cfg: Config) -> Config:
         raise ConfigError(f"segmenter.mask_floor = {s.mask_floor}: must be between 0 and segmenter.threshold "
                           f"({s.threshold}), or stage 8 would miss mask pixels")
     if cfg.runtime.cpu_bf16:
-        for section in ("classifier", "segmenter"):
-            for side in ("input_height", "input_width"):
-                value = getattr(getattr(cfg, section), side)
-                if value < MIN_BF16_INPUT_SIDE:
-                    raise ConfigError(
-                        f"{section}.{side} = {value}: with runtime.cpu_bf16 each input side must be at least "
-                        f"{MIN_BF16_INPUT_SIDE} (smaller inputs train nondeterministically on some CPUs); "
-                        "use a larger input or runtime.cpu_bf16=false"
-                    )
+        sides = [(f"{section}.{side}", getattr(getattr(cfg, section), side))
+                 for section in ("classifier", "segmenter") for side in ("input_height", "input_width")]
+        sides += [(f"classifier.{task} input {name}", value) for task in cfg.classifier.stage_names()
+                  for name, value in zip(("height", "width"), cfg.classifier.input_size(task))]
+        for key_name, value in sides:
+            if value < MIN_BF16_INPUT_SIDE:
+                raise ConfigError(
+                    f"{key_name} = {value}: with runtime.cpu_bf16 each input side must be at least "
+                    f"{MIN_BF16_INPUT_SIDE} (smaller inputs train nondeterministically on some CPUs); "
+                    "use a larger input or runtime.cpu_bf16=false"
+                )
     return cfg
 
 

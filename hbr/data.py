@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from hbr.augment import jitter_intensity, random_affine, rng_for, warp_image, warp_points
 from hbr.config import AugmentConfig
 from hbr.files import read_npy
-from hbr.imaging import Placement, canvas_to_input_xy, model_input, original_to_canvas_xy, place, swap_background
+from hbr.imaging import Placement, canvas_to_input_xy, original_to_canvas_xy, place, region_input, swap_background
 from hbr.landmarks import mirrored
 
 
@@ -28,6 +28,10 @@ class Preprocess:
     input_w: int
     mean: float = 0.5
     std: float = 0.5
+    region: str = "whole"  # the part of the image the model sees (hbr.imaging.REGIONS)
+    # (black, white) values: show the image in the other background's polarity first, for a
+    # model trained in that polarity (black and white share one model); set when predicting
+    swap_polarity: tuple = ()
 
     def to_dict(self) -> dict:
         """Plain dict for a checkpoint."""
@@ -46,7 +50,9 @@ class Preprocess:
         """Original image -> model-input-sized image, intensities scaled to [0, 1] (float32)."""
         if image.ndim != 2:
             raise ValueError(f"expected a 2-D grey image, got shape {image.shape}")
-        resized, _ = model_input(image, self.canvas_h, self.canvas_w, self.input_h, self.input_w)
+        if self.swap_polarity:
+            image = swap_background(image, *self.swap_polarity)
+        resized = region_input(image, self.region, self.canvas_h, self.canvas_w, self.input_h, self.input_w)
         return resized / self.full_scale(image)
 
     def to_tensor(self, image01: np.ndarray) -> torch.Tensor:

@@ -226,6 +226,31 @@ def model_input(image: np.ndarray, canvas_h: int, canvas_w: int, in_h: int, in_w
     return out, p
 
 
+# Input regions of the classifiers, as (start, stop) fractions of the rows the image covers on
+# the canvas, stacked top to bottom. A defect at the edge of the scan (a head or feet cut off)
+# is a few rows of a whole-body image: the bands show those rows at several times the
+# resolution the whole image gets at the same input size.
+REGIONS = {
+    "whole": None,
+    "bands": ((0.0, 0.15), (0.85, 1.0)),  # top and bottom of the scan: framing
+    "head": ((0.0, 0.25),),  # the head and neck: head pose
+}
+
+
+def region_input(image: np.ndarray, region: str, canvas_h: int, canvas_w: int, in_h: int, in_w: int) -> np.ndarray:
+    """`model_input` of one region of the image (see REGIONS): its bands of canvas rows,
+    stacked, resized to the input size (float32)."""
+    bands = REGIONS[region]
+    if bands is None:
+        return model_input(image, canvas_h, canvas_w, in_h, in_w)[0]
+    canvas, p = to_canvas(image, canvas_h, canvas_w)
+    top, bottom = max(p.top, 0), min(p.top + p.rows, canvas_h)
+    extent = bottom - top
+    rows = [canvas[top + int(round(a * extent)): top + max(int(round(b * extent)), int(round(a * extent)) + 1)]
+            for a, b in bands]
+    return resize(np.concatenate(rows).astype(np.float32), in_h, in_w)
+
+
 def swap_background(image: np.ndarray, black: int, white: int) -> np.ndarray:
     """The image as the other background would show it: value v -> black + white - v.
 

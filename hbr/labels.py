@@ -126,11 +126,13 @@ def _find_image(data: dict, path: Path, npy_dirs: Sequence[Path]) -> tuple[str, 
             if npy.is_file():
                 return stem, read_npy(npy)
     if image_path:
-        beside = path.parent / image_path
-        if beside.is_file():
-            image = cv2.imread(str(beside), cv2.IMREAD_GRAYSCALE)
-            if image is not None:
-                return path.stem, image
+        # imagePath as written, else its file name beside the JSON: a folder moved or copied from
+        # another machine keeps its images but not the paths LabelMe wrote
+        for beside in dict.fromkeys((path.parent / image_path, path.parent / Path(image_path).name)):
+            if beside.is_file():
+                image = cv2.imread(str(beside), cv2.IMREAD_GRAYSCALE)
+                if image is not None:
+                    return path.stem, image
     if data.get("imageData"):
         try:
             raw = np.frombuffer(base64.b64decode(data["imageData"]), np.uint8)
@@ -140,7 +142,10 @@ def _find_image(data: dict, path: Path, npy_dirs: Sequence[Path]) -> tuple[str, 
         if image is not None:
             return path.stem, image
         raise HbrError(f"{path}: imageData is not a readable image")
-    raise HbrError(f"{path}: image not found (no {path.stem}.npy in the work directory, no imagePath file, no imageData)")
+    other = Path(image_path).stem if image_path else path.stem
+    names = f"{path.stem}.npy" + (f" or {other}.npy" if other != path.stem else "")
+    raise HbrError(f"{path}: image not found (no {names} in the work directory, no imagePath file "
+                   f"{image_path!r} here or beside the JSON, no imageData)")
 
 
 def read_labelme(path: Path, npy_dirs: Sequence[Path] = (), landmarks: Sequence[str] = LANDMARKS) -> LabelledImage:
@@ -180,3 +185,45 @@ def read_labelme(path: Path, npy_dirs: Sequence[Path] = (), landmarks: Sequence[
 def labelme_files(folder: Path) -> list[Path]:
     """The LabelMe JSON files of a label folder, sorted."""
     return sorted(p for p in Path(folder).glob("*.json") if p.is_file())
+
+
+# Image-level LabelMe flag of a pre-annotation (hbr.labelling.preannotate): false until a
+# person has checked the shapes and ticked it in LabelMe's Flags panel.
+REVIEWED_FLAG = "reviewed"
+
+
+def review_flag(path: Path) -> Optional[bool]:
+    """The image-level `reviewed` flag of a LabelMe file: False for a pre-annotation not yet
+    reviewed, True once ticked, None for a file without it (made by hand) or one that cannot
+    be read (read_labelme reports that one when it is trained on)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    if f'"{REVIEWED_FLAG}"'.encode() not in raw:  # most hand-made files: no JSON parse needed
+        return None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    flags = data.get("flags") if isinstance(data, dict) else None
+    value = flags.get(REVIEWED_FLAG) if isinstance(flags, dict) else None
+    return value if isinstance(value, bool) else None
+
+
+def trainable_labelme_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files to train on, pre-annotations not yet reviewed) of a LabelMe folder, each sorted.
+
+    A file made by hand (no `reviewed` flag) or marked reviewed is trained on; one whose flag
+    is false is a pre-annotation nobody has checked yet, never trained on.
+    """
+    used, unreviewed = [], []
+    for path in labelme_files(folder):
+        (unreviewed if review_flag(path) is False else used).append(path)
+    return used, unreviewed
+
+
+def unreviewed_note(folder: Path, count: int) -> str:
+    """The one line that says a folder's unreviewed pre-annotations were left out of training."""
+    return (f"{folder}: {count} pre-annotation{'s' if count != 1 else ''} not yet reviewed skipped: "
+            f"tick '{REVIEWED_FLAG}' in LabelMe to train on them")

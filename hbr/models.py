@@ -36,6 +36,7 @@ CLASSIFIER_ARCHS = {
 # the classifier stages would otherwise pay for importing smp and timm in every process
 SEGMENTER_ARCHS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus", "fpn": "FPN"}
 SEGMENTER_ENCODERS = tuple(CLASSIFIER_ARCHS)
+IMAGENET = "imagenet"  # a `pretrained` value: the local torch hub cache's ImageNet weights
 
 
 def _choose(kind: str, name: str, valid) -> None:
@@ -43,8 +44,9 @@ def _choose(kind: str, name: str, valid) -> None:
         raise HbrError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
 
 
-def _local_imagenet_weights(arch: str) -> Optional[dict]:
-    """ImageNet weights of a torchvision ResNet from the local torch hub cache, or None.
+def _local_imagenet_weights(arch: str) -> tuple[Optional[dict], Path]:
+    """ImageNet weights of a torchvision ResNet from the local torch hub cache (None when not
+    there), and the cached file's path.
 
     Never downloads: this pipeline runs on machines without network access.
     """
@@ -55,8 +57,57 @@ def _local_imagenet_weights(arch: str) -> Optional[dict]:
             f"pretrained: no local ImageNet weights for {arch} at {cached}; training from scratch",
             file=sys.stderr,
         )
+        return None, cached
+    return _read_weights_file(cached), cached
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict (tensor name -> tensor) from a file saved with torch.save, read safely
+    (weights_only); an hbr checkpoint or a {"state_dict": ...} / {"model": ...} wrapper is
+    unwrapped, and DataParallel's `module.` prefix dropped."""
+    if not path.is_file():
+        raise HbrError(f"{path}: pretrained weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - on foreign bytes torch.load raises IndexError, KeyError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HbrError(f"{path}: not a PyTorch weights file ({first[:120]})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not (isinstance(state, dict) and state
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise HbrError(f"{path}: not a state dict (names to tensors); save one with "
+                       "torch.save(model.state_dict(), PATH)")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def pretrained_source(pretrained: Any) -> Optional[str | Path]:
+    """What a `pretrained` setting asks for: None (from scratch), IMAGENET, or a weights file."""
+    if pretrained is None or pretrained is False:
         return None
-    return torch.load(cached, map_location="cpu", weights_only=True)
+    if pretrained is True:
+        return IMAGENET
+    text = str(pretrained).strip()
+    if text.lower() in ("", "false"):
+        return None
+    if text.lower() in ("true", IMAGENET):
+        return IMAGENET
+    return Path(text).expanduser()
+
+
+def _start_state(pretrained: Any, arch: str) -> tuple[Optional[dict], str]:
+    """The state dict a new network starts from (None: from scratch) and where it came from."""
+    source = pretrained_source(pretrained)
+    if source is None:
+        return None, ""
+    if source == IMAGENET:
+        state, cached = _local_imagenet_weights(arch)
+        return state, str(cached)
+    return _read_weights_file(source), str(source)
 
 
 def _grey_stem(rgb_weight: torch.Tensor) -> torch.Tensor:
@@ -64,37 +115,80 @@ def _grey_stem(rgb_weight: torch.Tensor) -> torch.Tensor:
     return rgb_weight.sum(dim=1, keepdim=True)
 
 
-def _build_classifier(arch: str, num_outputs: int, pretrained: bool) -> nn.Module:
+def _count(names: list[str]) -> str:
+    """"N key(s)" for a message."""
+    return f"{len(names)} key{'s' if len(names) != 1 else ''}"
+
+
+def load_start_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str, expected: str) -> None:
+    """Load a start state dict into a new network (a ResNet or a U-Net's ResNet encoder), adapted as users expect.
+
+    The RGB first convolution becomes the 1-channel stem (colours summed); `fc.*` (a
+    classification head) is dropped where the network has none or its size differs (another
+    number of classes), so that layer keeps its fresh initialisation. Anything else that
+    does not match (a key missing or unexpected, a shape that differs) is an HbrError naming
+    `source` and the first such key: a resnet34 file for a resnet18 must not half-load.
+    """
+    target = module.state_dict()
+    state = dict(state)
+    stem = state.get("conv1.weight")
+    if stem is not None and "conv1.weight" in target and stem.ndim == 4 and stem.shape[1] == 3 \
+            and target["conv1.weight"].shape[1] == 1:
+        state["conv1.weight"] = _grey_stem(stem)
+    for name in [k for k in state if k.startswith("fc.")]:
+        if name not in target or state[name].shape != target[name].shape:
+            del state[name]
+    # num_batches_tracked: batch-norm counters, absent from files saved by old torch versions
+    missing = [k for k in target if k not in state and not k.startswith("fc.")
+               and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in target]
+    differ = [k for k in state if k in target and state[k].shape != target[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{_count(missing)} missing, first: {missing[0]}")
+    if unexpected:
+        problems.append(f"{_count(unexpected)} unexpected, first: {unexpected[0]}")
+    if differ:
+        k = differ[0]
+        problems.append(f"{_count(differ)} of another shape, first: {k} {tuple(state[k].shape)} instead of "
+                        f"{tuple(target[k].shape)}")
+    if problems:
+        raise HbrError(f"{source}: {expected} expected; {'; '.join(problems)}")
+    module.load_state_dict({**target, **state})
+    print(f"pretrained: {expected} loaded from {source}")
+
+
+def _build_classifier(arch: str, num_outputs: int, pretrained: Any) -> nn.Module:
     _choose("classifier architecture", arch, CLASSIFIER_ARCHS)
     model = CLASSIFIER_ARCHS[arch][0](weights=None)
-    state = _local_imagenet_weights(arch) if pretrained else None
-    if state is not None:
-        model.load_state_dict(state)
     old = model.conv1
     model.conv1 = nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-    if state is not None:
-        model.conv1.weight.data.copy_(_grey_stem(old.weight.data))
     model.fc = nn.Linear(model.fc.in_features, num_outputs)
+    state, source = _start_state(pretrained, arch)
+    if state is not None:
+        load_start_weights(model, state, source, f"{arch} weights")
     return model
 
 
-def _build_segmenter(arch: str, encoder: str, classes: int, pretrained: bool) -> nn.Module:
+def _build_segmenter(arch: str, encoder: str, classes: int, pretrained: Any) -> nn.Module:
     _choose("segmenter architecture", arch, SEGMENTER_ARCHS)
     _choose("segmenter encoder", encoder, SEGMENTER_ENCODERS)
     import segmentation_models_pytorch as smp
 
     network = getattr(smp, SEGMENTER_ARCHS[arch])
     model = network(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=classes)
-    state = _local_imagenet_weights(encoder) if pretrained else None
+    state, source = _start_state(pretrained, encoder)
     if state is not None:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        state["conv1.weight"] = _grey_stem(state["conv1.weight"])
-        model.encoder.load_state_dict(state)
+        if any(k.startswith("encoder.") for k in state):  # a whole U-Net's weights (e.g. an hbr model): its encoder
+            state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        load_start_weights(model.encoder, state, source, f"{encoder} encoder weights")
     return model
 
 
-def create_model(spec: dict[str, Any], pretrained: bool = False) -> nn.Module:
-    """Build a network from its spec.
+def create_model(spec: dict[str, Any], pretrained: Any = False) -> nn.Module:
+    """Build a network from its spec, from scratch or from the weights `pretrained` names:
+    True or "imagenet" (the local torch hub cache's ImageNet weights) or a state-dict file
+    (see load_start_weights). Nothing is ever downloaded.
 
     Classifier: {"kind": "classifier", "arch": "resnet18", "num_outputs": 2}.
     Segmenter: {"kind": "segmenter", "arch": "unet", "encoder": "resnet18", "classes": 7}.

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, WeightedRandomSampler
 
 from hbr.config import RuntimeConfig, TrainConfig
 from hbr.devices import autocast, batch_to_device, grad_scaler, to_device
@@ -86,6 +86,16 @@ def _format(metrics: dict) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
 
 
+def balanced_sampler(labels: Sequence[int], generator: torch.Generator) -> WeightedRandomSampler:
+    """An epoch of len(labels) draws, with replacement, in which every class is equally likely:
+    with a few positives among hundreds of images, each batch still holds some."""
+    labels = np.asarray(labels, int)
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels), replacement=True,
+                                 generator=generator)
+
+
 def train(
     model: torch.nn.Module,
     train_set: Dataset,
@@ -95,8 +105,12 @@ def train(
     device: torch.device,
     runtime: RuntimeConfig,
     log: Callable[[str], None] = print,
+    balance: Optional[Sequence[int]] = None,
 ) -> TrainResult:
-    """Train `model` and return the weights of its best validation epoch (the last without validation)."""
+    """Train `model` and return the weights of its best validation epoch (the last without validation).
+
+    With `balance` (the training labels) every epoch samples the classes equally often.
+    """
     model = to_device(model, device, runtime)
     batch_size = min(cfg.batch_size, len(train_set))
     steps = max(len(train_set) // batch_size, 1)
@@ -117,14 +131,16 @@ def train(
         epoch_start = time.monotonic()
         model.train()
         train_set.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = {"shuffle": True, "generator": generator} if balance is None else \
+            {"sampler": balanced_sampler(balance, generator)}
         loader = make_loader(
             train_set,
             batch_size,
             cfg.workers,
             device,
-            shuffle=True,
             drop_last=True,  # BatchNorm cannot train on a batch of one
-            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
+            **order,
         )
         losses = []
         for x, target in loader:

@@ -92,5 +92,5 @@ def test_cpu_bf16_auto_follows_this_cpu_and_true_false_override_it():
     assert load_config(None, ["runtime.cpu_bf16=off"]).runtime.cpu_bf16 is False
     with pytest.raises(ConfigError, match=r"runtime.cpu_bf16: 'sometimes' is not a valid bool \(or auto\)"):
         load_config(None, ["runtime.cpu_bf16=sometimes"])
-    with pytest.raises(ConfigError, match=r"classifier.pretrained: 'auto' is not a valid bool$"):
+    with pytest.raises(ConfigError, match=r"classifier.pretrained: 'auto' is not true, false, imagenet or a weights file path"):
         load_config(None, ["classifier.pretrained=auto"])

@@ -90,6 +90,45 @@ def test_rectangle_head_and_bad_json(tmp_path, image):
         read_labelme(path)
 
 
+@pytest.mark.parametrize("moved", ["/home/someone/old_run/1_Total_Body_png/p_12.png",
+                                   "C:\\Users\\someone\\scans\\p_12.png", "../elsewhere/p_12.png"])
+def test_a_moved_image_path_still_loads_by_name(tmp_path, image, moved):
+    """imagePath written on another machine or before a folder moved: the image is found by its
+    name in the work directory, else beside the JSON; a JSON renamed by hand still finds it."""
+    data = labelme_dict(image, image_data=False)
+    data["imagePath"] = moved
+    write_npy(tmp_path / "npy" / "p_12.npy", image)
+    (tmp_path / "labels").mkdir()
+    renamed = tmp_path / "labels" / "copy of p_12.json"
+    renamed.write_text(json.dumps(data))
+    item = read_labelme(renamed, [tmp_path / "npy"])  # by imagePath's name
+    assert item.image_id == "p_12" and (item.image == image).all()
+    beside = tmp_path / "labels" / "p_12.json"
+    beside.write_text(json.dumps(data))
+    cv2.imwrite(str(tmp_path / "labels" / "p_12.png"), image)  # no work directory: the PNG beside the JSON
+    item = read_labelme(beside, [tmp_path / "no_npy"])
+    assert item.image_id == "p_12" and (item.image == image).all()
+    (tmp_path / "labels" / "p_12.png").unlink()
+    with pytest.raises(HbrError, match=r"p_12\.json: image not found \(no p_12\.npy in the work directory"):
+        read_labelme(beside, [tmp_path / "no_npy"])
+
+
+def test_review_flag_separates_unreviewed_pre_annotations(tmp_path, image):
+    from hbr.labels import review_flag, trainable_labelme_files, unreviewed_note
+
+    for name, flags in (("hand", {}), ("ticked", {"reviewed": True}), ("pre", {"reviewed": False}),
+                        ("other_flag", {"occluded": False})):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**labelme_dict(image, image_data=False), "flags": flags}))
+    (tmp_path / "broken.json").write_text('{"flags": {"reviewed": fal')  # reported when trained on, not here
+    assert [review_flag(tmp_path / f"{n}.json") for n in ("hand", "ticked", "pre", "other_flag", "broken")] == \
+        [None, True, False, None, None]
+    used, unreviewed = trainable_labelme_files(tmp_path)
+    assert [p.stem for p in used] == ["broken", "hand", "other_flag", "ticked"]
+    assert [p.stem for p in unreviewed] == ["pre"]
+    assert unreviewed_note(tmp_path, 3) == (f"{tmp_path}: 3 pre-annotations not yet reviewed skipped: "
+                                            "tick 'reviewed' in LabelMe to train on them")
+
+
 def _write_tsv(path, rows, header="File_Name\tLabel\tFile_Name_npy"):
     path.write_text(header + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
 

@@ -367,3 +367,106 @@ def test_initialisers_are_skipped_only_inside_the_build():
     assert not t.any()
     torch.nn.init.constant_(t, 5.0)
     assert (t == 5).all()
+
+
+# --- start weights: false, true/imagenet (local torch hub cache) or a file the user has ------------
+
+CLASSIFIER18 = {"kind": "classifier", "arch": "resnet18", "num_outputs": 2}
+UNET18 = {"kind": "segmenter", "arch": "unet", "encoder": "resnet18", "classes": 7}
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """A torchvision resnet18 state dict (3-channel stem, 1000-class fc) saved with torch.save."""
+    import torchvision
+
+    torch.manual_seed(5)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(state, path)
+    return path, state
+
+
+def test_classifier_starts_from_a_torchvision_state_dict_file(resnet18_file):
+    path, state = resnet18_file
+    model = create_model(CLASSIFIER18, pretrained=str(path))
+    got = model.state_dict()
+    assert torch.equal(got["conv1.weight"], state["conv1.weight"].sum(dim=1, keepdim=True))  # RGB -> 1-channel stem
+    assert torch.equal(got["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+    assert torch.equal(got["bn1.running_var"], state["bn1.running_var"])
+    assert got["fc.weight"].shape == (2, 512)  # the 1000-class head was dropped, not loaded
+    scratch = create_model(CLASSIFIER18, pretrained=False).state_dict()
+    assert not torch.equal(scratch["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+
+
+def test_unet_encoder_starts_from_a_resnet_or_an_encoder_state_dict(resnet18_file, tmp_path):
+    from hbr.models import _InitialisersSkipped
+
+    path, state = resnet18_file
+    with _InitialisersSkipped():  # random initialisation is overwritten here: skipped to keep the test fast
+        encoder = create_model(UNET18, pretrained=path).encoder.state_dict()
+    assert torch.equal(encoder["conv1.weight"], state["conv1.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(encoder["layer3.0.downsample.0.weight"], state["layer3.0.downsample.0.weight"])
+    own = tmp_path / "encoder.pt"  # an encoder state dict, as a U-Net's encoder saves it (1-channel stem)
+    torch.save(encoder, own)
+    with _InitialisersSkipped():
+        again = create_model(UNET18, pretrained=str(own)).encoder.state_dict()
+    assert all(torch.equal(again[k], v) for k, v in encoder.items())
+
+
+def test_imagenet_weights_come_only_from_the_local_cache(resnet18_file, tmp_path, monkeypatch, capsys):
+    import torchvision
+
+    path, state = resnet18_file
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    create_model(CLASSIFIER18, pretrained=True)  # nothing cached: from scratch, said once, nothing downloaded
+    assert "no local ImageNet weights for resnet18" in capsys.readouterr().err
+    cached = tmp_path / "hub" / "checkpoints" / Path(torchvision.models.ResNet18_Weights.DEFAULT.url).name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(path.read_bytes())
+    for value in (True, "imagenet"):
+        got = create_model(CLASSIFIER18, pretrained=value).state_dict()
+        assert torch.equal(got["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+
+
+def test_weights_that_do_not_fit_are_refused_naming_the_file(resnet18_file, tmp_path):
+    import torchvision
+
+    from hbr.models import _InitialisersSkipped
+
+    path, state = resnet18_file
+    r34 = tmp_path / "resnet34.pt"
+    with _InitialisersSkipped():  # only the names and shapes matter here: random initialisation skipped
+        torch.save(torchvision.models.resnet34(weights=None).state_dict(), r34)
+    with pytest.raises(HbrError, match=r"resnet34.pt: resnet18 weights expected; \d+ keys unexpected, "
+                                       r"first: layer1\.2\.conv1\.weight$"):
+        create_model(CLASSIFIER18, pretrained=r34)
+    with pytest.raises(HbrError, match=r"resnet18.pt: resnet34 encoder weights expected; \d+ keys missing, "
+                                       r"first: layer1\.2\.conv1\.weight$"), _InitialisersSkipped():
+        create_model({**UNET18, "encoder": "resnet34"}, pretrained=path)
+    reshaped = tmp_path / "reshaped.pt"
+    torch.save({**state, "layer2.0.conv1.weight": torch.zeros(128, 64, 5, 5)}, reshaped)
+    with pytest.raises(HbrError, match=r"reshaped.pt: resnet18 weights expected; 1 key of another shape, first: "
+                                       r"layer2\.0\.conv1\.weight \(128, 64, 5, 5\) instead of \(128, 64, 3, 3\)"):
+        create_model(CLASSIFIER18, pretrained=reshaped)
+    with pytest.raises(HbrError, match=r"absent.pt: pretrained weights file not found"):
+        create_model(CLASSIFIER18, pretrained=tmp_path / "absent.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not weights")
+    with pytest.raises(HbrError, match=r"junk.pt: not a PyTorch weights file"):
+        create_model(CLASSIFIER18, pretrained=junk)
+    torch.save({"epoch": 3}, junk)
+    with pytest.raises(HbrError, match=r"junk.pt: not a state dict"):
+        create_model(UNET18, pretrained=junk)
+
+
+def test_pretrained_config_takes_booleans_imagenet_or_a_path():
+    from hbr.config import ConfigError, load_config
+
+    def value(text, section="classifier"):
+        return getattr(load_config(None, [f"{section}.pretrained={text}"]), section).pretrained
+
+    assert value("true") is True and value("imagenet") is True and value("false") is False
+    assert value("/data/resnet18.pt", "segmenter") == "/data/resnet18.pt" and value("w/enc") == "w/enc"
+    with pytest.raises(ConfigError, match=r"classifier.pretrained: 'auto' is not true, false, imagenet or a weights"):
+        value("auto")

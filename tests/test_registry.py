@@ -87,15 +87,25 @@ def test_default_yaml_is_generated_from_the_dataclasses():
 
 def test_a_new_training_key_changes_the_retrain_key_and_a_prediction_key_does_not():
     base = ClassifierConfig()
-    assert "threshold" not in training_values(base) and "epochs" in training_values(base)["train"]
+    assert "threshold" not in training_values(base)["pose"] and "epochs" in training_values(base)["train"]
     # a key added later, not marked predict-only, counts without anyone listing it
     extended = dataclasses.make_dataclass(
         "Extended", [("new_setting", int, key(3, "a new training setting"))], bases=(ClassifierConfig,), frozen=True)
     assert config_hash(training_values(extended())) != config_hash(training_values(base))
-    changed = dataclasses.replace(base, threshold=0.9)
+    changed = dataclasses.replace(base, pose=dataclasses.replace(base.pose, threshold="0.9"))
     assert config_hash(training_values(changed)) == config_hash(training_values(base))
     assert config_hash(training_values(dataclasses.replace(base, arch="resnet34"))) != \
         config_hash(training_values(base))
+
+
+def test_each_classifier_stage_has_its_settings_and_only_its_own_retrain_it():
+    from hbr.stages.classify import stage_training_values
+
+    c = ClassifierConfig()
+    assert set(c.stage_names()) == set(pipeline.CLASSIFIERS)
+    other = dataclasses.replace(c, pose=dataclasses.replace(c.pose, region="whole"))
+    assert config_hash(stage_training_values(other, "crop")) == config_hash(stage_training_values(c, "crop"))
+    assert config_hash(stage_training_values(other, "pose")) != config_hash(stage_training_values(c, "pose"))
 
 
 def test_segmenter_prediction_keys_never_retrain():

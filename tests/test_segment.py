@@ -18,10 +18,10 @@ BLACK_IMAGE = np.array([[0, 0, 0], [0, 200, 0], [0, 90, 0]], np.uint8)
 WHITE_IMAGE = np.array([[252, 252, 252], [252, 52, 252], [252, 162, 252]], np.uint8)
 
 
-def _context(workdir, labels, share=True, min_images=2):
+def _context(workdir, labels, share=True, min_images=2, bak="white"):
     cfg = load_config(None, [f"segmenter.share_backgrounds={str(share).lower()}",
                              f"segmenter.train.min_images={min_images}"])
-    options = Options(labels=Path(labels) if labels is not None else None)
+    options = Options(labels=Path(labels) if labels is not None else None, background=bak)
     return Context(stage=pipeline.stage(7), workdir=workdir, cfg=cfg, device="cpu", options=options)
 
 
@@ -43,7 +43,7 @@ def work(tmp_path):
     return workdir, labels
 
 
-def test_white_unet_learns_from_black_labels_with_polarity_swapped(work):
+def test_black_and_white_share_one_unet_trained_in_black_polarity(work):
     workdir, labels = work
     ctx = _context(workdir, labels)
     own = labels / "7_segment_white"
@@ -51,8 +51,12 @@ def test_white_unet_learns_from_black_labels_with_polarity_swapped(work):
     assert shared == labels / "7_segment_black"
     items = read_training_labels(ctx, own, shared)
     assert [x.image_id for x in items] == ["w0", "b0"]
-    assert items[0].image.tolist() == WHITE_IMAGE.tolist()  # its own image as it is
-    assert items[1].image.tolist() == (252 - BLACK_IMAGE).tolist()  # b0 as a white background shows it
+    assert items[0].image.tolist() == (252 - WHITE_IMAGE).tolist()  # its own image as a black background shows it
+    assert items[1].image.tolist() == BLACK_IMAGE.tolist()  # b0 as it is
+    # the black stage reads the same images in the same polarity: one model serves both
+    black = read_training_labels(_context(workdir, labels, bak="black"), labels / "7_segment_black",
+                                 labels / "7_segment_white")
+    assert sorted(x.image.tolist() for x in black) == sorted(x.image.tolist() for x in items)
     assert items[1].shapes.keys() == set(LANDMARKS)  # the landmarks stay where they are
     # --labels naming the folder of files itself, in upstream's layout, finds its sibling too
     upstream = labels / "7_segment_masked_white_direct" / "in"
@@ -82,3 +86,46 @@ def test_a_bad_shared_file_is_skipped_and_counted_out(work, capsys):
     with pytest.raises(HbrError, match="only 2 usable LabelMe file.*with those of .*7_segment_black"):
         read_training_labels(ctx, own, shared_label_folder(ctx, "white", own))
     assert "broken.json: not valid JSON" in capsys.readouterr().out
+
+
+def _flag(path, reviewed):
+    """Give a LabelMe file the image-level flag a pre-annotation carries."""
+    data = json.loads(path.read_text())
+    write_text(path, json.dumps({**data, "flags": {"reviewed": reviewed}}))
+
+
+def test_unreviewed_pre_annotations_are_skipped_and_never_change_the_retrain_key(work, capsys):
+    from hbr.stages.model_stage import files_digest
+    from hbr.stages.segment import training_label_files
+
+    workdir, labels = work
+    own = labels / "7_segment_black"
+    ctx = _context(workdir, labels, share=False, min_images=1, bak="black")
+    write_npy(workdir / "1_Total_Body_npy" / "b1.npy", BLACK_IMAGE)
+    write_npy(workdir / "1_Total_Body_npy" / "b2.npy", BLACK_IMAGE)
+    before = files_digest(training_label_files(own, None))
+    for image_id in ("b1", "b2"):  # the pre-annotator wrote two files into the label folder
+        _labelme(own / f"{image_id}.json", image_id)
+        _flag(own / f"{image_id}.json", False)
+    assert [p.stem for p in training_label_files(own, None)] == ["b0"]
+    assert files_digest(training_label_files(own, None)) == before  # no retraining for them
+    assert [x.image_id for x in read_training_labels(ctx, own, None)] == ["b0"]
+    out = capsys.readouterr().out
+    assert out.count("not yet reviewed") == 1  # one line for the folder, not one per file
+    assert f"{own}: 2 pre-annotations not yet reviewed skipped: tick 'reviewed' in LabelMe to train on them" in out
+    _flag(own / "b1.json", True)  # ticked in LabelMe: trained on, and the key changes
+    assert [x.image_id for x in read_training_labels(ctx, own, None)] == ["b0", "b1"]
+    assert files_digest(training_label_files(own, None)) != before
+    assert "1 pre-annotation not yet reviewed skipped" in capsys.readouterr().out
+
+
+def test_the_shared_folder_also_leaves_out_unreviewed_files(work, capsys):
+    from hbr.stages.segment import training_label_files
+
+    workdir, labels = work
+    ctx = _context(workdir, labels, min_images=1)
+    own, other = labels / "7_segment_white", labels / "7_segment_black"
+    _flag(other / "b0.json", False)
+    assert training_label_files(own, other) == [own / "w0.json"]
+    assert [x.image_id for x in read_training_labels(ctx, own, other)] == ["w0"]
+    assert f"{other}: 1 pre-annotation not yet reviewed skipped" in capsys.readouterr().out

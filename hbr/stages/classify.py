@@ -7,9 +7,12 @@ remove, and why) and hard-links the kept images into its own folders.
 
 from __future__ import annotations
 
+import math
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,8 +21,8 @@ import torch.nn.functional as F
 
 from hbr import cli, pipeline
 from hbr.cli import Context
-from hbr.config import training_values
-from hbr.data import ClassifierSet, PredictionSet, Preprocess
+from hbr.config import AugmentConfig, ClassifierConfig, QcStageConfig, fixed_threshold, training_values
+from hbr.data import ClassifierSet, PredictionSet
 from hbr.errors import HbrError
 from hbr.files import keep_images, read_npy
 from hbr.imaging import swap_background
@@ -27,31 +30,21 @@ from hbr.labels import read_class_labels
 from hbr.models import create_model
 from hbr.pipeline import Stage, image_folders, other_background, total_body_npy
 from hbr.prediction import predict_batches
-from hbr.stages.model_stage import Prediction, Training, label_location, preprocess_for, run_model_stage, save_trained
-from hbr.training import seed_everything, split_indices, train
+from hbr.stages.model_stage import (
+    Prediction,
+    Training,
+    label_location,
+    prediction_preprocess,
+    preprocess_for,
+    run_model_stage,
+    save_trained,
+    shared_model_files,
+    training_polarity,
+)
+from hbr.training import seed_everything, train
 
 COLUMNS = ["Image", "prob", "label", "decision", "reason"]
-
-
-class ClassifierObjective:
-    """Class-weighted cross-entropy; validation balanced accuracy and ROC AUC."""
-
-    def __init__(self, labels: list[int]):
-        counts = np.bincount(labels, minlength=2).astype(np.float32)
-        self.weight = torch.from_numpy(len(labels) / (2 * np.maximum(counts, 1)))
-
-    def loss(self, outputs, targets):
-        return F.cross_entropy(outputs, targets, weight=self.weight.to(outputs.device))
-
-    def metrics(self, outputs, targets):
-        from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # only when training
-
-        prob = outputs.softmax(1)[:, 1].numpy()
-        truth = targets.numpy()
-        bal_acc = float(balanced_accuracy_score(truth, prob >= 0.5))
-        auc = float(roc_auc_score(truth, prob)) if len(set(truth.tolist())) == 2 else float("nan")
-        # balanced accuracy picks the epoch; AUC breaks ties
-        return {"balanced_accuracy": bal_acc, "auc": auc, "score": bal_acc + 0.01 * np.nan_to_num(auc)}
+MANY_IMAGES = 10  # a stage that removes every one of this many images is almost certainly wrong
 
 
 def shared_label_path(ctx: Context, label_path: Path) -> Optional[Path]:
@@ -77,22 +70,25 @@ def read_training_images(
     ctx: Context, label_path: Path, shared: Optional[Path]
 ) -> tuple[list[np.ndarray], list[int]]:
     """Labelled images and labels of a stage: its own, plus those of `shared` (the other
-    background's label file, see shared_label_path) with their polarity swapped."""
-    c, npy_dir = ctx.cfg.classifier, total_body_npy(ctx.workdir)
+    background's label file, see shared_label_path), all in the polarity the model trains in
+    (see model_stage.training_polarity)."""
+    c, npy_dir, bg = ctx.cfg.classifier, total_body_npy(ctx.workdir), ctx.cfg.background
+    bak = ctx.options.background
+    polarity = training_polarity(bak, shared is not None)
+    in_polarity = lambda image, of: image if of == polarity else swap_background(image, bg.black, bg.white)  # noqa: E731
     # with shared labels the minimum count and both classes apply to the pooled set
     own = read_class_labels(label_path, npy_dir, 1 if shared else c.train.min_images, both_classes=shared is None)
-    images, labels = [read_npy(p) for p in own.paths], list(own.labels)
+    images, labels = [in_polarity(read_npy(p), bak) for p in own.paths], list(own.labels)
     if shared is not None:
         try:
             extra = read_class_labels(shared, npy_dir, 1, both_classes=False)
         except HbrError as exc:
             print(f"not sharing labels across backgrounds: {exc}")
         else:
-            bg = ctx.cfg.background
-            images += [swap_background(read_npy(p), bg.black, bg.white) for p in extra.paths]
+            images += [in_polarity(read_npy(p), other_background(bak)) for p in extra.paths]
             labels += extra.labels
-            print(f"{shared}: {len(extra.ids)} images of the other background added with polarity swapped "
-                  "(classifier.share_backgrounds)")
+            print(f"{shared}: {len(extra.ids)} images of the other background added; black and white share "
+                  f"one model, trained in {polarity} polarity (classifier.share_backgrounds)")
     if len(labels) < c.train.min_images:
         raise HbrError(f"{label_path}: only {len(labels)} usable labelled image(s) with those of {shared}; "
                        f"at least {c.train.min_images} are needed to train")
@@ -102,43 +98,157 @@ def read_training_images(
     return images, labels
 
 
+def score_probabilities(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
+    """Balanced accuracy at `threshold` and ROC AUC (NaN with one class) of label-1 probabilities."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # only when training
+
+    both = len(set(np.asarray(truth).tolist())) == 2
+    bal_acc = float(balanced_accuracy_score(truth, prob >= threshold)) if both else float("nan")
+    auc = float(roc_auc_score(truth, prob)) if both else float("nan")
+    return {"balanced_accuracy": bal_acc, "auc": auc}
+
+
+class ClassifierObjective:
+    """Cross-entropy, class-weighted unless the batches are balanced; validation balanced accuracy and AUC."""
+
+    def __init__(self, labels: list[int], weighted: bool = True):
+        counts = np.bincount(labels, minlength=2).astype(np.float32)
+        self.weight = torch.from_numpy(len(labels) / (2 * np.maximum(counts, 1))) if weighted else None
+
+    def loss(self, outputs, targets):
+        weight = self.weight.to(outputs.device) if self.weight is not None else None
+        return F.cross_entropy(outputs, targets, weight=weight)
+
+    def metrics(self, outputs, targets):
+        out = score_probabilities(outputs.softmax(1)[:, 1].numpy(), targets.numpy(), 0.5)
+        # balanced accuracy picks the epoch; AUC breaks ties
+        return {**out, "score": np.nan_to_num(out["balanced_accuracy"]) + 0.01 * np.nan_to_num(out["auc"])}
+
+
+# Thresholds are chosen in this range: a separation that fold models show only at extreme
+# probabilities (a class at 0.001, the other at 0.00001) does not carry over to the final
+# model, whose probabilities are on a scale of their own.
+THRESHOLD_RANGE = (0.05, 0.95)
+
+
+def choose_threshold(prob: Sequence[float], truth: Sequence[int], keep_label: int) -> float:
+    """The decision threshold in THRESHOLD_RANGE that maximises balanced accuracy on
+    out-of-fold probabilities.
+
+    Among equally good thresholds it takes those that lose the fewest images to keep
+    (label `keep_label`), then the one nearest 0.5 in log-odds: balanced batches train the
+    model for 0.5, and fold models' probabilities are only roughly on the final model's scale.
+    """
+    prob, truth = np.asarray(prob, float), np.asarray(truth, int)
+    values = np.unique(prob)
+    candidates = np.unique(np.concatenate([[0.5], (values[1:] + values[:-1]) / 2, [values[0] / 2, (values[-1] + 1) / 2]]))
+    candidates = candidates[(candidates >= THRESHOLD_RANGE[0]) & (candidates <= THRESHOLD_RANGE[1])]
+
+    def rank(t: float) -> tuple:
+        label = (prob >= t).astype(int)
+        rates = [np.mean(label[truth == k] == k) for k in (0, 1) if np.any(truth == k)]
+        lost = int(np.sum((truth == keep_label) & (label != keep_label)))
+        return round(float(np.mean(rates)), 9), -lost, -abs(math.log(t / (1 - t)))
+
+    return float(max(candidates, key=rank))
+
+
+def stage_augment(c: ClassifierConfig, stage_cfg: QcStageConfig, per_background: bool) -> AugmentConfig:
+    """The stage's augmentation: classifier.augment without what could create or remove its defect."""
+    aug = c.augment
+    if not stage_cfg.rotate:
+        aug = replace(aug, rotate_deg=0.0)
+    if not stage_cfg.shift:
+        aug = replace(aug, shift=0.0, scale=0.0)
+    # a per-background stage only ever sees one polarity (the other background's labels
+    # arrive already swapped, see read_training_images): inverting would only add noise
+    return replace(aug, invert=0.0) if per_background else aug
+
+
+def _fit(ctx: Context, images, labels, prep, aug, device, log=print) -> tuple[torch.nn.Module, dict]:
+    """One classifier trained on `images` with the stage's recipe: (model with its last weights, result)."""
+    c = ctx.cfg.classifier
+    seed_everything(c.train.seed)
+    model = create_model({"kind": "classifier", "arch": c.arch, "num_outputs": 2}, pretrained=c.pretrained)
+    bg = (ctx.cfg.background.black, ctx.cfg.background.white)
+    result = train(model, ClassifierSet(images, labels, prep, aug, c.train.seed, bg), None,
+                   ClassifierObjective(labels, weighted=not c.balance), c.train, device, ctx.cfg.runtime,
+                   log=log, balance=labels if c.balance else None)
+    model.load_state_dict(result.state_dict)
+    return model, result
+
+
+def out_of_fold(ctx: Context, images, labels, prep, aug, device) -> Optional[np.ndarray]:
+    """P(label 1) of every labelled image from a model that did not train on it (k-fold,
+    classifier.folds), or None when the labels are too few to fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    c = ctx.cfg.classifier
+    folds = min(c.folds, int(np.bincount(labels, minlength=2).min()))
+    if folds < 2:
+        if c.folds:
+            print(f"{ctx.run_name}: too few images of one class for {c.folds}-fold scores; threshold 0.5")
+        return None
+    prob = np.zeros(len(labels))
+    splits = StratifiedKFold(folds, shuffle=True, random_state=c.train.seed).split(np.zeros(len(labels)), labels)
+    for k, (train_idx, held_idx) in enumerate(splits, start=1):
+        start = time.monotonic()
+        pick = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
+        model, _ = _fit(ctx, pick(train_idx, images), pick(train_idx, labels), prep, aug, device, log=lambda _: None)
+        held = ClassifierSet(pick(held_idx, images), pick(held_idx, labels), prep, None, c.train.seed)
+        outputs = [out for out, _ in predict_batches(model, held, c.train.batch_size, 0, device, ctx.cfg.runtime,
+                                                     postprocess=lambda o: o.softmax(1)[:, 1])]
+        prob[held_idx] = torch.cat(outputs).numpy()
+        print(f"{ctx.run_name}: fold {k}/{folds} trained on {len(train_idx)} images, "
+              f"predicted {len(held_idx)} ({time.monotonic() - start:.0f} s)")
+    return prob
+
+
 def _train_classifier(ctx: Context, label_path: Path, shared: Optional[Path]) -> Callable[[Path, str, torch.device], None]:
-    """The training step of the stage (see model_stage.Training): read the labels, train, save the checkpoint."""
+    """The training step of the stage (see model_stage.Training): read the labels, score the
+    recipe out of fold and choose the threshold, train on every label, save the checkpoint."""
     def train_into(path: Path, wanted_hash: str, device: torch.device) -> None:
         c, stage = ctx.cfg.classifier, ctx.stage
+        stage_cfg = c.stage(stage.task)
         images, labels = read_training_images(ctx, label_path, shared)
-        prep = preprocess_for(ctx, c.input_height, c.input_width)
-        train_idx, val_idx = split_indices(len(images), c.train.val_fraction, c.train.seed, labels)
-        pick = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
-        print(f"{ctx.run_name}: {len(train_idx)} training and {len(val_idx)} validation images "
-              f"({sum(labels)} with label 1)")
-        seed_everything(c.train.seed)
-        spec = {"kind": "classifier", "arch": c.arch, "num_outputs": 2}
-        model = create_model(spec, pretrained=c.pretrained)
-        train_labels = pick(train_idx, labels)
-        bg = (ctx.cfg.background.black, ctx.cfg.background.white)
-        # a per-background stage only ever sees one polarity (the other background's labels
-        # arrive already swapped, see read_training_images): inverting would only add noise
-        aug = replace(c.augment, invert=0.0) if stage.per_background else c.augment
-        result = train(
-            model,
-            ClassifierSet(pick(train_idx, images), train_labels, prep, aug, c.train.seed, bg),
-            ClassifierSet(pick(val_idx, images), pick(val_idx, labels), prep, None, c.train.seed, bg),
-            ClassifierObjective(train_labels),
-            c.train,
-            device,
-            ctx.cfg.runtime,
-        )
+        prep = replace(preprocess_for(ctx, *c.input_size(stage.task)), region=stage_cfg.region)
+        aug = stage_augment(c, stage_cfg, stage.per_background)
+        print(f"{ctx.run_name}: {len(labels)} labelled images ({sum(labels)} with label 1); the model sees "
+              f"region {stage_cfg.region} at {prep.input_h}x{prep.input_w}")
+        oof = out_of_fold(ctx, images, labels, prep, aug, device)
+        threshold = 0.5 if oof is None else choose_threshold(oof, labels, stage.keep_label)
+        model, result = _fit(ctx, images, labels, prep, aug, device)
+        scores = {}
+        if oof is not None:
+            scores = {f"oof_{k}": v for k, v in score_probabilities(oof, np.asarray(labels), threshold).items()}
+            print(f"{ctx.run_name}: out-of-fold balanced accuracy {scores['oof_balanced_accuracy']:.3f}, "
+                  f"AUC {scores['oof_auc']:.3f} at threshold {threshold:.3f}")
+            warn_if_useless(ctx, scores, label_path)
+        result.metrics = {**result.metrics, **scores, "threshold": threshold}
         meta = {
-            "spec": spec,
+            "spec": {"kind": "classifier", "arch": c.arch, "num_outputs": 2},
             "preprocess": prep.to_dict(),
             "task": {"stage": ctx.run_name, "labels": {"0": stage.meaning[0], "1": stage.meaning[1]},
                      "keep_label": stage.keep_label, "label_file": str(label_path)},
+            "threshold": threshold,
+            "polarity": training_polarity(ctx.options.background, shared is not None),
             "config_hash": wanted_hash,
         }
         save_trained(path, model, result, meta)
 
     return train_into
+
+
+USELESS_BELOW = 0.6  # out-of-fold balanced accuracy or AUC this close to chance: the model learned nothing
+
+
+def warn_if_useless(ctx: Context, scores: dict, label_path: Path) -> None:
+    """A loud line when out-of-fold scores say the model cannot tell the classes apart."""
+    values = [scores.get("oof_balanced_accuracy"), scores.get("oof_auc")]
+    if any(v is None or not np.isfinite(v) or v < USELESS_BELOW for v in values):
+        print(f"{ctx.run_name}: WARNING: the model learned next to nothing (out-of-fold balanced accuracy "
+              f"{values[0]:.2f}, AUC {values[1]:.2f}); label more images with Label 1 in {label_path} "
+              "(see 'Labelling your own scans' in README.md)", file=sys.stderr)
 
 
 def _decide(prob: float, ok: bool, stage: Stage, threshold: float) -> dict:
@@ -150,9 +260,17 @@ def _decide(prob: float, ok: bool, stage: Stage, threshold: float) -> dict:
     return {"prob": round(prob, 6), "label": label, "decision": "keep" if keep else "remove", "reason": reason}
 
 
+def decision_threshold(ctx: Context, meta: dict) -> float:
+    """The stage's threshold: the config's number, or (auto) the one stored in the model
+    (0.5 for a model saved before thresholds were chosen)."""
+    fixed = fixed_threshold(ctx.cfg.classifier.stage(ctx.stage.task))
+    return fixed if fixed is not None else float(meta.get("threshold", 0.5))
+
+
 def classify_images(model, meta, npy_dir: Path, ids: list[str], ctx: Context, device) -> pd.DataFrame:
     """Decision rows for `ids` (a batch of image records) with a loaded model."""
-    prep = Preprocess(**meta["preprocess"])
+    prep = prediction_preprocess(ctx, meta)
+    threshold = decision_threshold(ctx, meta)
     dataset = PredictionSet([npy_dir / f"{i}.npy" for i in ids], prep)
     rows = []
     p = ctx.cfg.predict
@@ -160,8 +278,14 @@ def classify_images(model, meta, npy_dir: Path, ids: list[str], ctx: Context, de
         model, dataset, p.batch_size, p.workers, device, ctx.cfg.runtime, postprocess=lambda o: o.softmax(1)[:, 1]
     ):
         for prob, i, good in zip(probs.tolist(), index.tolist(), ok.tolist()):
-            rows.append({"Image": ids[i], **_decide(prob, good, ctx.stage, ctx.cfg.classifier.threshold)})
+            rows.append({"Image": ids[i], **_decide(prob, good, ctx.stage, threshold)})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def stage_training_values(c: ClassifierConfig, task: str) -> dict:
+    """The classifier keys that shape this stage's training: the shared ones and its own
+    section (another stage's region never retrains this one)."""
+    return {k: v for k, v in training_values(c).items() if k not in pipeline.CLASSIFIERS or k == task}
 
 
 def run(ctx: Context) -> None:
@@ -170,9 +294,10 @@ def run(ctx: Context) -> None:
     label_path = label_location(ctx, stage.label_names(bak))
     shared = shared_label_path(ctx, label_path)
     training = Training(
-        settings=(stage.name, training_values(c), ctx.cfg.canvas, ctx.cfg.background),
+        settings=(stage.name, stage_training_values(c, stage.task), ctx.cfg.canvas, ctx.cfg.background),
         label_files=lambda: [label_path] + ([shared] if shared else []),
         train_into=_train_classifier(ctx, label_path, shared),
+        shared_with=shared_model_files(ctx, shared is not None),
     )
     output = stage.output(bak)
 
@@ -181,9 +306,12 @@ def run(ctx: Context) -> None:
         keep_images(kept, stage.input(bak), output, ctx.workdir)
         print(f"{ctx.run_name}: kept {len(kept)} of {len(table)} images -> {ctx.workdir / stage.table_name(bak)}, "
               f"{image_folders(ctx.workdir, output)[0]}")
+        if not kept and len(table) >= MANY_IMAGES:
+            print(f"{ctx.run_name}: WARNING: the model kept none of {len(table)} images; check its labels "
+                  f"({', '.join(stage.label_names(bak))}) or give --models", file=sys.stderr)
 
     prediction = Prediction(
-        columns=COLUMNS, version=str(c.threshold),
+        columns=COLUMNS, version=str(c.stage(stage.task).threshold),
         predict_chunk=lambda model, meta, npy_dir, chunk, device: classify_images(model, meta, npy_dir, chunk, ctx, device),
         finish=finish, empty_folders=lambda: list(image_folders(ctx.workdir, output)),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -17,9 +17,9 @@ from hbr.config import RuntimeConfig, config_hash
 from hbr.data import Preprocess
 from hbr.devices import configure_threads, resolve_device, to_device_for_inference
 from hbr.errors import HbrError
-from hbr.files import list_images, remove_stale, write_json, write_tsv
+from hbr.files import link_or_copy, list_images, remove_stale, write_json, write_tsv
 from hbr.models import CHECKPOINT_FORMAT, checkpoint_meta, model_from_checkpoint, read_checkpoint, save_checkpoint
-from hbr.pipeline import MODELS_DIR, STATE_DIR, image_folders, producer
+from hbr.pipeline import BACKGROUNDS, MODELS_DIR, STATE_DIR, image_folders, other_background, producer
 from hbr.resume import run_chunks
 from hbr.training import TrainResult
 
@@ -95,6 +95,9 @@ class Training:
     settings: tuple
     label_files: Callable[[], list[Path]]
     train_into: Callable[[Path, str, torch.device], None]
+    # model files of the other background that may hold this very model (black and white
+    # share one model when they learn from each other's labels): reused instead of retrained
+    shared_with: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,47 @@ def _current_checkpoint(path: Path, wanted_hash: str) -> tuple[Optional[dict], s
     return None, "the labels or training settings changed"
 
 
+def _reuse_shared(candidates: Iterable[Path], path: Path, wanted_hash: str) -> Optional[dict]:
+    """The checkpoint of another background's stage trained with `wanted_hash` (the same
+    labels and settings: the same model), linked into `path`; None when there is none."""
+    for other in candidates:
+        ckpt, _ = _current_checkpoint(other, wanted_hash)
+        if ckpt is not None:
+            link_or_copy(other, path)
+            if metrics_file(other).is_file():
+                link_or_copy(metrics_file(other), metrics_file(path))
+            print(f"using the model of {other.parent.name} ({other}): black and white share one model, "
+                  "trained on both label sets (share_backgrounds)")
+            return ckpt
+    return None
+
+
+def training_polarity(bak: Optional[str], shared: bool) -> Optional[str]:
+    """The background whose polarity a model trains in: the first background when black and
+    white share one model, else the stage's own (None before the background split)."""
+    return BACKGROUNDS[0] if bak is not None and shared else bak
+
+
+def shared_model_files(ctx: Context, shared: bool) -> tuple[Path, ...]:
+    """Where the other background's model of this stage is, when the two share one."""
+    bak = ctx.options.background
+    if not shared or bak is None:
+        return ()
+    root = model_file(ctx).parent.parent
+    return (root / ctx.stage.run_name(other_background(bak)) / "model.pt",)
+
+
+def prediction_preprocess(ctx: Context, meta: dict) -> Preprocess:
+    """A checkpoint's preprocessing for this stage's images, shown in the polarity the model
+    trained in (models saved before polarities were recorded trained in their own)."""
+    prep = Preprocess(**meta["preprocess"])
+    bak = ctx.options.background
+    polarity = meta.get("polarity") or bak
+    if bak is not None and polarity != bak:
+        prep = replace(prep, swap_polarity=(ctx.cfg.background.black, ctx.cfg.background.white))
+    return prep
+
+
 def obtain_model(ctx: Context, training: Training, device: torch.device):
     """Train and/or load the stage's model as --mode and --models ask: (model, meta), or None in
     train mode. The model is a Future (it is built while prediction starts); hbr.prediction
@@ -170,6 +214,8 @@ def obtain_model(ctx: Context, training: Training, device: torch.device):
     else:
         wanted = config_hash(*training.settings, files_digest(training.label_files()))
         ckpt, why = (None, "asked") if mode == "train" else _current_checkpoint(path, wanted)
+        if ckpt is None and mode != "train":
+            ckpt = _reuse_shared(training.shared_with, path, wanted)
         if ckpt is None:
             print(f"training {ctx.run_name} ({why})")
             training.train_into(path, wanted, device)

@@ -20,17 +20,27 @@ import torch.nn.functional as F
 from hbr import cli, pipeline
 from hbr.cli import Context
 from hbr.config import training_values
-from hbr.data import PredictionSet, Preprocess, SegmenterSet
+from hbr.data import PredictionSet, SegmenterSet
 from hbr.errors import HbrError
 from hbr.files import remove_stale, write_npy, write_png
 from hbr.imaging import input_to_original, mask_to_original, swap_background
-from hbr.labels import LabelledImage, labelme_files, read_labelme
+from hbr.labels import LabelledImage, labelme_files, read_labelme, trainable_labelme_files, unreviewed_note
 from hbr.landmarks import HEAD, LANDMARKS, box_iou, check_landmarks
 from hbr.masks import box_from_mask
 from hbr.models import create_model
 from hbr.pipeline import mask_folder, other_background, total_body_npy
 from hbr.prediction import predict_batches
-from hbr.stages.model_stage import Prediction, Training, label_location, preprocess_for, run_model_stage, save_trained
+from hbr.stages.model_stage import (
+    Prediction,
+    Training,
+    label_location,
+    prediction_preprocess,
+    preprocess_for,
+    run_model_stage,
+    save_trained,
+    shared_model_files,
+    training_polarity,
+)
 from hbr.training import seed_everything, split_indices, train
 
 STAGE = pipeline.stage(7)
@@ -95,9 +105,13 @@ def shared_label_folder(ctx: Context, bak: str, folder: Path) -> Optional[Path]:
 
 
 def _read_labelme_folder(folder: Path, workdir: Path) -> list[LabelledImage]:
-    """The usable LabelMe files of a folder; a bad file is reported and skipped."""
+    """The usable LabelMe files of a folder; a bad file is reported and skipped, and the
+    pre-annotations not yet reviewed are left out with one line for the folder."""
+    paths, unreviewed = trainable_labelme_files(folder)
+    if unreviewed:
+        print(unreviewed_note(folder, len(unreviewed)))
     items = []
-    for path in labelme_files(folder):
+    for path in paths:
         try:
             items.append(read_labelme(path, [total_body_npy(workdir)]))
         except HbrError as exc:
@@ -105,18 +119,31 @@ def _read_labelme_folder(folder: Path, workdir: Path) -> list[LabelledImage]:
     return items
 
 
+def training_label_files(folder: Path, shared: Optional[Path]) -> list[Path]:
+    """The LabelMe files a U-Net trains on (its folder's, then the shared folder's): the retrain
+    key covers these only, so pre-annotations written into a label folder, not yet reviewed,
+    never make the U-Net retrain."""
+    return [path for source in (folder, shared) if source is not None for path in trainable_labelme_files(source)[0]]
+
+
 def read_training_labels(ctx: Context, folder: Path, shared: Optional[Path]) -> list[LabelledImage]:
     """The labelled images of a U-Net: those of `folder`, plus those of `shared` (the other
-    background's folder, see shared_label_folder) with their polarity swapped."""
+    background's folder, see shared_label_folder), all in the polarity the U-Net trains in
+    (see model_stage.training_polarity)."""
     if not labelme_files(folder):
         raise HbrError(f"{folder}: no LabelMe .json files")
-    items = _read_labelme_folder(folder, ctx.workdir)
+    bg, bak = ctx.cfg.background, ctx.options.background
+    polarity = training_polarity(bak, shared is not None)
+
+    def in_polarity(items: list[LabelledImage], of: str) -> list[LabelledImage]:
+        return items if of == polarity else [replace(x, image=swap_background(x.image, bg.black, bg.white))
+                                             for x in items]
+
+    items = in_polarity(_read_labelme_folder(folder, ctx.workdir), bak)
     if shared is not None:
-        bg = ctx.cfg.background
-        extra = [replace(x, image=swap_background(x.image, bg.black, bg.white))
-                 for x in _read_labelme_folder(shared, ctx.workdir)]
-        print(f"{shared}: {len(extra)} images of the other background added with polarity swapped "
-              "(segmenter.share_backgrounds)")
+        extra = in_polarity(_read_labelme_folder(shared, ctx.workdir), other_background(bak))
+        print(f"{shared}: {len(extra)} images of the other background added; black and white share one "
+              f"U-Net, trained in {polarity} polarity (segmenter.share_backgrounds)")
         items += extra
     min_images = ctx.cfg.segmenter.train.min_images
     if len(items) < min_images:
@@ -159,6 +186,7 @@ def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path]) -> Call
             "task": {"stage": STAGE.name, "landmarks": list(LANDMARKS), "label_folder": str(folder),
                      "shared_label_folder": str(shared) if shared is not None else None,
                      "point_radius": s.point_radius},
+            "polarity": training_polarity(ctx.options.background, shared is not None),
             "config_hash": wanted_hash,
         }
         save_trained(path, model, result, meta)
@@ -169,7 +197,7 @@ def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path]) -> Call
 def segment_images(model, meta, ctx: Context, npy_dir: Path, ids: list[str], wanted: tuple[str, ...], device) -> pd.DataFrame:
     """Write the masks of `wanted` landmarks for a batch of images; one status row per image."""
     bak = ctx.options.background
-    prep = Preprocess(**meta["preprocess"])
+    prep = prediction_preprocess(ctx, meta)
     channels = [meta["task"]["landmarks"].index(n) for n in wanted]
     paths = [npy_dir / f"{i}.npy" for i in ids]
     save_npy, floor = ctx.cfg.segmenter.save_npy, ctx.cfg.segmenter.mask_floor
@@ -209,8 +237,9 @@ def run(ctx: Context) -> None:
     s = ctx.cfg.segmenter
     training = Training(
         settings=(STAGE.name, training_values(s), ctx.cfg.canvas, ctx.cfg.background),
-        label_files=lambda: labelme_files(folder) + (labelme_files(shared) if shared is not None else []),
+        label_files=lambda: training_label_files(folder, shared),
         train_into=_train_segmenter(ctx, folder, shared),
+        shared_with=shared_model_files(ctx, shared is not None),
     )
 
     def finish(table: pd.DataFrame) -> None:
