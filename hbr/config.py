@@ -119,7 +119,8 @@ class TrainConfig:
     batch_size: int = key(8, "training batch size")
     lr: float = key(1e-3, "AdamW learning rate")
     weight_decay: float = key(1e-4, "AdamW weight decay")
-    val_fraction: float = key(0.2, "share of the labelled images held out for validation")
+    val_fraction: float = key(0.2, "share of the labelled images held out for validation (the U-Net; the "
+                                   "classifiers score out of fold instead, see classifier.folds)")
     seed: int = key(0, "seed of the split, the initial weights and the augmentation")
     workers: int = key(2, "DataLoader worker processes")
     time_limit_min: float = key(0.0, "stop after this many minutes (0 = no limit); the best epoch is kept")

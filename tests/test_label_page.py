@@ -7,7 +7,6 @@ Every test builds a tiny work directory by hand (no other stage runs).
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -292,8 +291,8 @@ def test_pick_list_with_a_vanished_image(workdir, tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("Image\tstage\na\t3\n", "missing column.*reason"),
-    ("Image\treason\tstage\np1_12\tx\t4\n", "line 2: stage '4' is not a QC stage"),
+    ("File_Name\treason\na\tx\n", "missing column.*Image"),
+    ("Image\treason\tstage\np1_12\tx\t4\n", "line 2: stage '4' is not one of 2, 3, 5, 6"),
     ("Image\treason\tprob\np1_12\tx\thigh\n", "line 2: prob 'high' is not a number"),
 ])
 def test_bad_pick_lists(workdir, tmp_path, text, message):
@@ -337,7 +336,7 @@ def test_nothing_to_label_exits_0_without_a_server(tmp_path, capsys):
 def test_a_pick_list_problem_is_one_line(workdir, tmp_path, capsys):
     assert page.main(["--workdir", str(workdir), "--pick", str(tmp_path / "nope.tsv"), "--port", "0"]) == 1
     err = capsys.readouterr().err
-    assert "pick list not found" in err and len(err.strip().splitlines()) == 1
+    assert "nope.tsv: not found" in err and len(err.strip().splitlines()) == 1
 
 
 # --- the HTTP API ------------------------------------------------------------------------------------
@@ -346,12 +345,8 @@ def test_a_pick_list_problem_is_one_line(workdir, tmp_path, capsys):
 @pytest.fixture
 def server(workdir, tmp_path):
     session = session_for(workdir, tmp_path)
-    httpd = page.make_server(session, "127.0.0.1", 0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield page.server_url(httpd), session
-    httpd.shutdown()
-    httpd.server_close()
+    with page.running_server(session) as url:
+        yield url, session
 
 
 def get(url: str) -> tuple[int, bytes, dict]:

@@ -143,7 +143,7 @@ def test_pick_list_and_an_image_whose_png_is_gone(work, tmp_path):
     assert any(line.startswith("p3_12: no stage-7 black masks") for line in lines)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == ["p1_12.json"]
     pick.write_text("File_Name\nx\n")
-    with pytest.raises(preannotate.HbrError, match=r"pick.tsv: no Image column"):
+    with pytest.raises(preannotate.HbrError, match=r"pick.tsv: missing column.s. Image"):
         preannotate.run(work, BAK, pick=pick)
 
 

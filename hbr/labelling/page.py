@@ -25,6 +25,7 @@ model's probability of label 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 from urllib.parse import parse_qs, unquote, urlparse
 
 from hbr import pipeline
@@ -285,31 +286,10 @@ def _read_table(path: Path, required: Sequence[str]):
 
 
 def read_pick(path: Path) -> list[dict]:
-    """The rows of a pick list: Image, reason, stage (a QC stage number or None) and prob (or None)."""
-    from hbr.labelling.labelfile import image_id
+    """The rows of a pick list for the QC questions (see hbr.labelling.pick.read_pick)."""
+    from hbr.labelling.pick import read_pick as read_rows
 
-    path = Path(path)
-    if not path.is_file():
-        raise HbrError(f"{path}: pick list not found")
-    table = _read_table(path, ("Image", "reason"))
-    valid_stages = {str(s.number): s.number for s in qc_stages()}
-    rows, seen = [], set()
-    for line, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
-        image = image_id(row["Image"])
-        if not image or image in seen:
-            continue
-        seen.add(image)
-        stage_text = str(row.get("stage", "")).strip()
-        if stage_text and stage_text not in valid_stages:
-            raise HbrError(f"{path} line {line}: stage {stage_text!r} is not a QC stage ({', '.join(valid_stages)})")
-        prob_text = str(row.get("prob", "")).strip()
-        try:
-            prob = float(prob_text) if prob_text else None
-        except ValueError:
-            raise HbrError(f"{path} line {line}: prob {prob_text!r} is not a number") from None
-        rows.append({"Image": image, "reason": str(row["reason"]).strip(),
-                     "stage": valid_stages.get(stage_text), "prob": prob})
-    return rows
+    return read_rows(path, [s.number for s in qc_stages()])
 
 
 def stage1_images(workdir: Path) -> list[str]:
@@ -555,6 +535,19 @@ def make_server(session: Session, host: str = "127.0.0.1", port: int = 0) -> Thr
     server = ThreadingHTTPServer((host, port), make_handler(session, host))
     server.daemon_threads = True  # a browser's open connection never blocks stopping
     return server
+
+
+@contextlib.contextmanager
+def running_server(session: Session, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """The page's server answering in a background thread (tests, scripts); yields its URL."""
+    server = make_server(session, host, port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server_url(server)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def server_url(server: ThreadingHTTPServer) -> str:

@@ -47,6 +47,34 @@ def pick_path(workdir: Path, stage: Stage, bak: Optional[str]) -> Path:
     return workdir / PICK_DIR / f"pick_{stage.run_name(bak)}.tsv"
 
 
+def read_pick(path: Path, stages: Optional[Sequence[int]] = None) -> list[dict]:
+    """The rows of a pick list (this module's output, or one a user wrote): Image, and when
+    present reason, stage (one of `stages` when given) and prob; each image once, in order."""
+    import re
+
+    from hbr.errors import HbrError
+    from hbr.ledger import read_table
+
+    table = read_table(Path(path), ["Image"])
+    rows, seen = [], set()
+    for line, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
+        image = re.sub(r"\.(npy|png|dcm|json)$", "", str(row["Image"]).strip())
+        if not image or image in seen:
+            continue
+        seen.add(image)
+        stage_text = str(row.get("stage", "")).strip()
+        if stage_text and stages is not None and stage_text not in {str(n) for n in stages}:
+            raise HbrError(f"{path} line {line}: stage {stage_text!r} is not one of {', '.join(map(str, stages))}")
+        prob_text = str(row.get("prob", "")).strip()
+        try:
+            prob = float(prob_text) if prob_text else None
+        except ValueError:
+            raise HbrError(f"{path} line {line}: prob {prob_text!r} is not a number") from None
+        rows.append({"Image": image, "reason": str(row.get("reason", "")).strip(),
+                     "stage": int(stage_text) if stage_text else None, "prob": prob})
+    return rows
+
+
 # --------------------------------------------------------------------------- what is labelled
 
 

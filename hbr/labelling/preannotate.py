@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,22 +95,10 @@ def stage7_images(workdir: Path, bak: str) -> list[str]:
 
 
 def read_pick(path: Path) -> list[str]:
-    """The images of a pick list: a TSV with an `Image` column (other columns ignored), in order, once each."""
-    import pandas as pd
+    """The images of a pick list (see hbr.labelling.pick.read_pick), in order, once each."""
+    from hbr.labelling.pick import read_pick as read_rows
 
-    from hbr.files import read_tsv
-
-    path = Path(path)
-    if not path.is_file():
-        raise HbrError(f"{path}: pick list not found")
-    try:
-        table = read_tsv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise HbrError(f"{path}: not a readable tab-separated table ({str(exc).splitlines()[0]})") from None
-    if "Image" not in table.columns:
-        raise HbrError(f"{path}: no Image column (found: {', '.join(table.columns) or 'none'})")
-    images = (re.sub(r"\.(png|npy|json)$", "", str(v).strip()) for v in table["Image"])
-    return list(dict.fromkeys(i for i in images if i))
+    return [row["Image"] for row in read_rows(path)]
 
 
 # --- masks -> LabelMe shapes -------------------------------------------------------------------

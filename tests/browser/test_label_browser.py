@@ -7,7 +7,6 @@ undo and questions skipped by an earlier answer, and checks the label files writ
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +57,8 @@ def served(tmp_path):
     labels.mkdir()
     label_file(labels, 3).write_text(HEADER + "elsewhere_12\t1\telsewhere_12.npy\n")  # must stay as it is
 
-    session = page.build_session(workdir, labels, log=lambda line: None)
-    server = page.make_server(session, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield page.server_url(server), labels
-    server.shutdown()
-    server.server_close()
+    with page.running_server(page.build_session(workdir, labels, log=lambda line: None)) as url:
+        yield url, labels
 
 
 @pytest.fixture
