@@ -199,3 +199,16 @@ def test_training_scores_out_of_fold_stores_the_threshold_and_trains_on_every_la
     assert 0.05 <= ckpt["threshold"] <= 0.95 and ckpt["preprocess"]["region"] == "whole"
     assert {"oof_balanced_accuracy", "oof_auc", "threshold"} <= set(ckpt["metrics"])
     assert ckpt["metrics"]["oof_auc"] > 0.8  # a block this bright is learned from 4 positives per fold
+
+
+def test_a_model_at_chance_is_reported_naming_the_file_and_the_rare_class(work, capsys):
+    from hbr.stages.classify import warn_if_useless
+
+    workdir, labels = work
+    ctx = _context(workdir, labels)
+    path = labels / "5_contrast_white_label.tsv"
+    warn_if_useless(ctx, {"oof_balanced_accuracy": 0.95, "oof_auc": 0.99}, [0, 0, 0, 1], path)
+    assert capsys.readouterr().err == ""
+    warn_if_useless(ctx, {"oof_balanced_accuracy": 0.5, "oof_auc": float("nan")}, [0, 0, 0, 1], path)
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "Label 1 (abnormal contrast)" in err and str(path) in err

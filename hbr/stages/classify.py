@@ -223,7 +223,7 @@ def _train_classifier(ctx: Context, label_path: Path, shared: Optional[Path]) ->
             scores = {f"oof_{k}": v for k, v in score_probabilities(oof, np.asarray(labels), threshold).items()}
             print(f"{ctx.run_name}: out-of-fold balanced accuracy {scores['oof_balanced_accuracy']:.3f}, "
                   f"AUC {scores['oof_auc']:.3f} at threshold {threshold:.3f}")
-            warn_if_useless(ctx, scores, label_path)
+            warn_if_useless(ctx, scores, labels, label_path)
         result.metrics = {**result.metrics, **scores, "threshold": threshold}
         meta = {
             "spec": {"kind": "classifier", "arch": c.arch, "num_outputs": 2},
@@ -242,13 +242,16 @@ def _train_classifier(ctx: Context, label_path: Path, shared: Optional[Path]) ->
 USELESS_BELOW = 0.6  # out-of-fold balanced accuracy or AUC this close to chance: the model learned nothing
 
 
-def warn_if_useless(ctx: Context, scores: dict, label_path: Path) -> None:
-    """A loud line when out-of-fold scores say the model cannot tell the classes apart."""
+def warn_if_useless(ctx: Context, scores: dict, labels: Sequence[int], label_path: Path) -> None:
+    """A loud line when out-of-fold scores say the model cannot tell the classes apart,
+    naming the label file and the class it needs more of."""
     values = [scores.get("oof_balanced_accuracy"), scores.get("oof_auc")]
     if any(v is None or not np.isfinite(v) or v < USELESS_BELOW for v in values):
+        rare = int(np.argmin(np.bincount(labels, minlength=2)))
         print(f"{ctx.run_name}: WARNING: the model learned next to nothing (out-of-fold balanced accuracy "
-              f"{values[0]:.2f}, AUC {values[1]:.2f}); label more images with Label 1 in {label_path} "
-              "(see 'Labelling your own scans' in README.md)", file=sys.stderr)
+              f"{values[0]:.2f}, AUC {values[1]:.2f}); label more images with Label {rare} "
+              f"({ctx.stage.meaning[rare]}) in {label_path} (see 'Labelling your own scans' in README.md)",
+              file=sys.stderr)
 
 
 def _decide(prob: float, ok: bool, stage: Stage, threshold: float) -> dict:
@@ -267,8 +270,10 @@ def decision_threshold(ctx: Context, meta: dict) -> float:
     return fixed if fixed is not None else float(meta.get("threshold", 0.5))
 
 
-def classify_images(model, meta, npy_dir: Path, ids: list[str], ctx: Context, device) -> pd.DataFrame:
-    """Decision rows for `ids` (a batch of image records) with a loaded model."""
+def classify_images(model, meta, npy_dir: Path, ids: list[str], ctx: Context, device,
+                    advance: Callable[[int], None] = lambda n: None) -> pd.DataFrame:
+    """Decision rows for `ids` (a batch of image records) with a loaded model; `advance(n)`
+    counts each finished batch (progress)."""
     prep = prediction_preprocess(ctx, meta)
     threshold = decision_threshold(ctx, meta)
     dataset = PredictionSet([npy_dir / f"{i}.npy" for i in ids], prep)
@@ -279,6 +284,7 @@ def classify_images(model, meta, npy_dir: Path, ids: list[str], ctx: Context, de
     ):
         for prob, i, good in zip(probs.tolist(), index.tolist(), ok.tolist()):
             rows.append({"Image": ids[i], **_decide(prob, good, ctx.stage, threshold)})
+        advance(len(index))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -312,7 +318,8 @@ def run(ctx: Context) -> None:
 
     prediction = Prediction(
         columns=COLUMNS, version=str(c.stage(stage.task).threshold),
-        predict_chunk=lambda model, meta, npy_dir, chunk, device: classify_images(model, meta, npy_dir, chunk, ctx, device),
+        predict_chunk=lambda model, meta, npy_dir, chunk, device, advance: classify_images(
+            model, meta, npy_dir, chunk, ctx, device, advance),
         finish=finish, empty_folders=lambda: list(image_folders(ctx.workdir, output)),
     )
     run_model_stage(ctx, training, prediction)
