@@ -7,6 +7,9 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m hbr.… from any folder
+# the stages' output is piped to tee: unbuffered, so a log keeps the order in which lines came
+# (progress lines go to stderr, the rest to stdout)
+export PYTHONUNBUFFERED=1
 
 usage() {
   cat <<EOF

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Stage 5: remove images of abnormal contrast, per background (classifier). Logic: hbr/stages/classify.py; options: -h."""
 import sys
+from pathlib import Path
 
-from hbr.stages.classify import main
+from hbr.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main("contrast"))
+    # the script's name is its stage's name in the registry (hbr/pipeline.py); the stage's
+    # module (and torch) is imported only after the command line is parsed: -h is instant
+    sys.exit(entry(Path(__file__).stem))

@@ -1,8 +1,9 @@
 """The command line every stage shares (SPEC 2b), written once.
 
-A stage module provides `add_arguments(parser)` and `run(ctx)`; its `main(argv)` is
-`cli.main(stage, add_arguments, run, argv)` with its entry of the registry (hbr.pipeline).
-Below this module, stages read typed `Options`, never the argparse Namespace.
+A stage's options follow from its kind in the registry (hbr.pipeline), so `entry(stage)`
+builds and parses the command line before the stage module (and torch) is imported: `-h`
+is instant. The stage module provides `run(ctx)`; its `main(argv)` is `cli.entry(stage,
+argv)`. Below this module, stages read typed `Options`, never the argparse Namespace.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from hbr import __version__
 from hbr.errors import HbrError
 from hbr.landmarks import LANDMARKS
-from hbr.pipeline import BACKGROUNDS, LOGS_DIR, Stage
+from hbr.pipeline import BACKGROUNDS, DICOM, LOGS_DIR, MEASURE, SEGMENTER, Stage, stage as registry_stage
 
 if TYPE_CHECKING:
     from hbr.config import Config
@@ -127,6 +129,38 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_input_argument(parser: argparse.ArgumentParser) -> None:
+    """Stage 1's --input."""
+    parser.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="folder of zips (also .dcm files and sub-folders of .dcm files), one zip, or one .dcm file",
+    )
+
+
+def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
+    """Stage 8's --no-report and --workers."""
+    parser.add_argument("--no-report", dest="report", action="store_false", help="skip the HTML QC report")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="threads reading masks (0: one per CPU core, at most 4)"
+    )
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, stage: Stage) -> None:
+    """The options of `stage` beyond the common ones, from its kind in the registry."""
+    if stage.kind == DICOM:
+        add_input_argument(parser)
+    if stage.per_background:
+        add_background_argument(parser)
+    if stage.kind == SEGMENTER:
+        add_landmark_argument(parser)
+    if stage.has_model:
+        add_model_arguments(parser)
+    if stage.kind == MEASURE:
+        add_measure_arguments(parser)
+
+
 def options_from(args: argparse.Namespace) -> Options:
     """The typed options of a parsed command line (fields a stage does not take keep their default)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
@@ -149,14 +183,19 @@ def make_context(stage: Stage, args: argparse.Namespace) -> Context:
 
 
 def describe_os_error(exc: OSError) -> str:
-    """One line for a file-system failure, with the path and a hint for the common ones."""
-    where = f" {exc.filename}" if exc.filename else ""
-    hint = {
-        errno.ENOSPC: "the disk is full",
+    """One line for a file-system failure: the path and what went wrong, with a hint for the
+    common ones. An OSError does not say whether it came from a read or a write, so the line
+    claims "cannot write" only for errors that only writes raise (disk full, read-only)."""
+    path = f"{exc.filename}: " if exc.filename else ""
+    text = {
+        errno.ENOENT: "no such file or folder",
+        errno.ENOSPC: "cannot write: the disk is full",
+        errno.EDQUOT: "cannot write: disk quota exceeded",
+        errno.EROFS: "cannot write: the file system is read-only",
         errno.EACCES: "permission denied (is the work directory read-only?)",
-        errno.EROFS: "the file system is read-only",
+        errno.EPERM: "operation not permitted",
     }.get(exc.errno, exc.strerror or str(exc))
-    return f"cannot write or read{where}: {hint}"
+    return f"{path}{text}"
 
 
 def call_reporting_errors(prog: str, action: Callable[[], object], after_interrupt: str = "") -> tuple[int, object]:
@@ -178,16 +217,26 @@ def call_reporting_errors(prog: str, action: Callable[[], object], after_interru
         return 130, None
 
 
-def main(
-    stage: Stage,
-    add_arguments: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[Context], object],
-    argv: Optional[Sequence[str]] = None,
-) -> int:
-    """Parse the command line, run the stage, and turn user errors into one line + exit 1."""
+def stage_parser(stage: Stage) -> argparse.ArgumentParser:
+    """The complete command line of a stage (common options + those of its kind)."""
     parser = build_parser(stage)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    status, _ = call_reporting_errors(stage.name, lambda: run(make_context(stage, args)),
-                                      "; re-run to continue where it stopped")
+    add_stage_arguments(parser, stage)
+    return parser
+
+
+def entry(key: int | str | Stage, argv: Optional[Sequence[str]] = None) -> int:
+    """An entry script's whole main: parse the command line of a stage (number, name, task
+    or Stage), then import its module and run it; user errors become one line + exit 1.
+
+    The module (and with it torch) is imported only after parsing, so `-h`, `--version`
+    and usage errors answer at once.
+    """
+    stage = key if isinstance(key, Stage) else registry_stage(key)
+    args = stage_parser(stage).parse_args(argv)
+
+    def run() -> object:
+        ctx = make_context(stage, args)  # a config error is reported before torch loads
+        return importlib.import_module(stage.module).run(ctx)
+
+    status, _ = call_reporting_errors(stage.name, run, "; re-run to continue where it stopped")
     return status

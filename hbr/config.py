@@ -1,13 +1,17 @@
 """Configuration: YAML -> frozen dataclasses, with `key.sub=value` overrides.
 
-Unknown keys are rejected with the list of valid ones, so a typo never silently
-falls back to a default. The resolved config is written into the work directory.
+Unknown keys are rejected with the nearest valid ones ("did you mean ...?"), so a typo
+never silently falls back to a default; values out of range are refused; an error names
+the `--set` it came from, or else the config file. The resolved config is written into
+the work directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import copy
 import hashlib
 import json
 import typing
@@ -21,7 +25,12 @@ from hbr.errors import HbrError
 
 
 class ConfigError(HbrError):
-    """A config file or override that cannot be used; the message says why."""
+    """A config file or override that cannot be used; the message says why, and `key` (when
+    known) is the dotted key at fault, so the error can be blamed on the --set that gave it."""
+
+    def __init__(self, message: str, key: Optional[str] = None):
+        super().__init__(message)
+        self.key = key
 
 
 PREDICT_ONLY = "predict_only"
@@ -60,7 +69,7 @@ def _weights_value(value: Any, key: str) -> bool | str:
     if text and ("/" in text or "\\" in text or "." in text or text.startswith("~")):
         return text
     raise ConfigError(f"{key}: {value!r} is not true, false, imagenet or a weights file path "
-                      "(a file path has a folder or a suffix, e.g. ./weights or resnet18.pt)")
+                      "(a file path has a folder or a suffix, e.g. ./weights or resnet18.pt)", key)
 
 
 def section(factory: Callable[[], Any], meaning: str = "") -> Any:
@@ -298,8 +307,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return str(value)
     except (TypeError, ValueError):
         or_auto = " (or auto)" if key in AUTO_KEYS else ""
-        raise ConfigError(f"{key}: {value!r} is not a valid {typ.__name__}{or_auto}") from None
-    raise ConfigError(f"{key}: unsupported type {typ}")
+        raise ConfigError(f"{key}: {value!r} is not a valid {typ.__name__}{or_auto}", key) from None
+    raise ConfigError(f"{key}: unsupported type {typ}", key)
 
 
 # keys that also take "auto": the built-in default, which depends on the machine
@@ -312,12 +321,11 @@ def _build(cls, data: Any, prefix: str = ""):
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     types = _field_types(cls)
-    unknown = sorted(set(data) - set(types))
+    unknown = sorted(set(data) - set(types), key=str)
     if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys: {', '.join(valid_keys(cls, prefix))}"
-        )
+        # the leaf keys the user meant to set, for the suggestions (a misspelt section's keys)
+        wrong = [leaf for k in unknown for leaf in _leaf_keys(f"{prefix}{k}", data[k])]
+        raise ConfigError(unknown_key_message([f"{prefix}{k}" for k in unknown], wrong), f"{prefix}{unknown[0]}")
     defaults = cls()
     kwargs = {}
     for name, typ in types.items():
@@ -335,6 +343,58 @@ def _build(cls, data: Any, prefix: str = ""):
     return dataclasses.replace(defaults, **kwargs)
 
 
+def _leaf_keys(key: str, value: Any) -> list[str]:
+    """The dotted leaf keys of a value given at `key` (a mapping is a section of keys)."""
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in _leaf_keys(f"{key}.{k}", v)]
+    return [key]
+
+
+SHOWN_KEYS = 8  # valid keys listed in an unknown-key message (every key: configs/default.yaml)
+
+
+def nearest_keys(wrong: str, limit: int = 4) -> list[str]:
+    """The valid keys a wrong dotted key most likely meant: those with the same last part
+    (classifier.epochs -> classifier.train.epochs), else with a similar one (archh -> arch),
+    in the same top section where there are such, the most similar first."""
+    keys = valid_keys()
+    leaf = wrong.rsplit(".", 1)[-1]
+    leaves = {k: k.rsplit(".", 1)[-1] for k in keys}
+    found = [k for k in keys if leaves[k] == leaf]
+    if not found:
+        # 0.75: a letter or two wrong; looser matches were mostly noise
+        near = set(difflib.get_close_matches(leaf, set(leaves.values()), n=limit, cutoff=0.75))
+        found = [k for k in keys if leaves[k] in near]
+    top = wrong.split(".", 1)[0] + "."
+    found = [k for k in found if k.startswith(top)] or found
+    return sorted(found, key=lambda k: -difflib.SequenceMatcher(None, wrong, k).ratio())[:limit]
+
+
+def section_keys(section: str) -> list[str]:
+    """The keys directly in a config section ('' = the top level), sub-sections as 'name.*'."""
+    cls = Config
+    for part in filter(None, section.split(".")):
+        cls = _field_types(cls).get(part)
+        if not dataclasses.is_dataclass(cls):
+            return []
+    prefix = f"{section}." if section else ""
+    return [f"{prefix}{name}{'.*' if dataclasses.is_dataclass(typ) else ''}"
+            for name, typ in _field_types(cls).items()]
+
+
+def unknown_key_message(unknown: list[str], wrong: Optional[list[str]] = None) -> str:
+    """'unknown config key K; did you mean A or B?; valid keys in S: ...' with a handful of keys."""
+    guesses = list(dict.fromkeys(k for w in (wrong or unknown) for k in nearest_keys(w)))[:4]
+    mean = f"; did you mean {' or '.join(guesses)}?" if guesses else ""
+    section = unknown[0].rpartition(".")[0]
+    if not section_keys(section):  # a key under a plain key (epochs.x): list its section's
+        section = section.rpartition(".")[0]
+    keys = section_keys(section)
+    more = f", ... ({len(keys)} in all)" if len(keys) > SHOWN_KEYS else ""
+    return (f"unknown config key(s) {', '.join(unknown)}{mean}; valid keys in {section or 'the config'}: "
+            f"{', '.join(keys[:SHOWN_KEYS])}{more}; every key with its meaning: configs/default.yaml")
+
+
 def _deep_merge(base: dict, update: Any, key: str) -> dict:
     if not isinstance(update, dict):
         raise ConfigError(f"{key}: expected a mapping, got {update!r}")
@@ -348,10 +408,17 @@ def _deep_merge(base: dict, update: Any, key: str) -> dict:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split 'a.b=value' into (['a', 'b'], value parsed as YAML scalar)."""
+    """Split 'a.b=value' into (['a', 'b'], value parsed as YAML scalar); a key that is not a
+    valid key (a typo, or a whole section) is refused here, naming the --set."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key.sub=value")
+    dotted = key.strip()
+    if dotted not in valid_keys():
+        if section_keys(dotted):
+            raise ConfigError(f"--set {text}: {dotted} is a section, not a key; its keys: "
+                              f"{', '.join(section_keys(dotted)[:SHOWN_KEYS])}", dotted)
+        raise ConfigError(f"--set {text}: {unknown_key_message([dotted])}", dotted)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -372,8 +439,11 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config sections")
+    file_data = copy.deepcopy(data)
+    given: dict[str, str] = {}  # dotted key -> the --set text that gave it
     for text in overrides:
         keys, value = parse_override(text)
+        given[".".join(keys)] = text
         node = data
         for k in keys[:-1]:
             child = node.get(k)
@@ -385,7 +455,22 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     try:
         return check_values(_build(Config, data))
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+        raise ConfigError(_blame(exc, path, file_data, given), exc.key) from None
+
+
+def _blame(exc: ConfigError, path: Optional[Path], file_data: dict, given: dict[str, str]) -> str:
+    """The message of a config error, prefixed with what caused it: the --set that set the
+    key at fault, else the config file (when the file alone has the error), else --set."""
+    if exc.key in given:
+        return f"--set {given[exc.key]}: {exc}"
+    if given:
+        try:
+            check_values(_build(Config, file_data))
+        except ConfigError:
+            pass  # the file alone has an error too: name the file
+        else:
+            return f"--set {' '.join(given.values())}: {exc}"
+    return f"{path}: {exc}" if path else str(exc)
 
 
 # The networks shrink their input 32-fold. On CPUs with AMX, bfloat16 training of a ResNet
@@ -403,32 +488,74 @@ def _check_classifier_stages(c: ClassifierConfig) -> None:
     from hbr.imaging import REGIONS  # here: OpenCV is not imported to parse a config
 
     if c.folds == 1 or c.folds < 0:
-        raise ConfigError(f"classifier.folds = {c.folds}: must be 0 (no folds) or at least 2")
+        raise ConfigError(f"classifier.folds = {c.folds}: must be 0 (no folds) or at least 2", "classifier.folds")
     for name in c.stage_names():
         stage = c.stage(name)
-        if stage.input_height < 0 or stage.input_width < 0:
-            raise ConfigError(f"classifier.{name}.input_height/input_width: must be positive, or 0 for "
-                              "classifier.input_height/input_width")
+        for side in ("input_height", "input_width"):
+            if getattr(stage, side) < 0:
+                raise ConfigError(f"classifier.{name}.{side} = {getattr(stage, side)}: must be positive, or 0 for "
+                                  f"classifier.{side}", f"classifier.{name}.{side}")
         if stage.region not in REGIONS:
-            raise ConfigError(f"classifier.{name}.region = {stage.region!r}; valid: {', '.join(REGIONS)}")
+            raise ConfigError(f"classifier.{name}.region = {stage.region!r}; valid: {', '.join(REGIONS)}",
+                              f"classifier.{name}.region")
         try:
             value = fixed_threshold(stage)
         except ValueError:
             value = -1.0
         if value is not None and not 0.0 <= value <= 1.0:
-            raise ConfigError(f"classifier.{name}.threshold = {stage.threshold!r}: must be auto or a number in [0, 1]")
+            raise ConfigError(f"classifier.{name}.threshold = {stage.threshold!r}: must be auto or a number in [0, 1]",
+                              f"classifier.{name}.threshold")
+
+
+# Ranges of the numeric keys: (test, what it requires). A value outside fails at once with
+# the key's name, instead of deep in a stage (a batch of 0, a threshold of 1.5, ...).
+AT_LEAST_1 = (lambda v: v >= 1, "must be at least 1")
+POSITIVE = (lambda v: v > 0, "must be positive")
+NOT_NEGATIVE = (lambda v: v >= 0, "must be 0 or more")
+PROBABILITY = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+BELOW_1 = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+TRAIN_RANGES = {"epochs": AT_LEAST_1, "min_steps": NOT_NEGATIVE, "batch_size": AT_LEAST_1, "lr": POSITIVE,
+                "weight_decay": NOT_NEGATIVE, "val_fraction": BELOW_1, "workers": NOT_NEGATIVE,
+                "time_limit_min": NOT_NEGATIVE, "min_images": AT_LEAST_1}
+AUGMENT_RANGES = {"rotate_deg": NOT_NEGATIVE, "scale": NOT_NEGATIVE, "shift": NOT_NEGATIVE, "gamma": NOT_NEGATIVE,
+                  "brightness": NOT_NEGATIVE, "noise": NOT_NEGATIVE, "hflip": PROBABILITY, "invert": PROBABILITY}
+RANGES = {
+    "runtime.threads": NOT_NEGATIVE,
+    "dicom.max_member_mb": POSITIVE, "dicom.workers": NOT_NEGATIVE,
+    "canvas.height": AT_LEAST_1, "canvas.width": AT_LEAST_1,
+    "background.black": NOT_NEGATIVE, "background.white": NOT_NEGATIVE, "background.corner": AT_LEAST_1,
+    "classifier.input_height": AT_LEAST_1, "classifier.input_width": AT_LEAST_1,
+    "segmenter.input_height": AT_LEAST_1, "segmenter.input_width": AT_LEAST_1,
+    "segmenter.point_radius": POSITIVE, "segmenter.point_weight": NOT_NEGATIVE,
+    "segmenter.threshold": BELOW_1,  # stage 8 keeps mask pixels >= threshold: 1 would keep none
+    "predict.batch_size": AT_LEAST_1, "predict.segmenter_batch_size": AT_LEAST_1, "predict.chunk_size": AT_LEAST_1,
+    "predict.workers": NOT_NEGATIVE,
+    **{f"{model}.train.{k}": rule for model in ("classifier", "segmenter") for k, rule in TRAIN_RANGES.items()},
+    **{f"{model}.augment.{k}": rule for model in ("classifier", "segmenter") for k, rule in AUGMENT_RANGES.items()},
+}
+
+
+def config_value(cfg: Any, key: str) -> Any:
+    """The value of a dotted key, e.g. config_value(cfg, 'classifier.train.epochs')."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def check_values(cfg: Config) -> Config:
     """Refuse values that parse but cannot work; returns `cfg`."""
+    for key_name, (ok, requirement) in RANGES.items():
+        value = config_value(cfg, key_name)
+        if not ok(value):
+            raise ConfigError(f"{key_name} = {value}: {requirement}", key_name)
     _check_classifier_stages(cfg.classifier)
-    for key in ("batch_size", "segmenter_batch_size", "chunk_size"):
-        if getattr(cfg.predict, key) < 1:
-            raise ConfigError(f"predict.{key} = {getattr(cfg.predict, key)}: must be at least 1")
+    if cfg.background.black == cfg.background.white:
+        raise ConfigError(f"background.black and background.white are both {cfg.background.black}: they must differ",
+                          "background.white")
     s = cfg.segmenter
     if not 0.0 <= s.mask_floor <= s.threshold:
         raise ConfigError(f"segmenter.mask_floor = {s.mask_floor}: must be between 0 and segmenter.threshold "
-                          f"({s.threshold}), or stage 8 would miss mask pixels")
+                          f"({s.threshold}), or stage 8 would miss mask pixels", "segmenter.mask_floor")
     if cfg.runtime.cpu_bf16:
         sides = [(f"{section}.{side}", getattr(getattr(cfg, section), side))
                  for section in ("classifier", "segmenter") for side in ("input_height", "input_width")]
@@ -439,7 +566,7 @@ def check_values(cfg: Config) -> Config:
                 raise ConfigError(
                     f"{key_name} = {value}: with runtime.cpu_bf16 each input side must be at least "
                     f"{MIN_BF16_INPUT_SIDE} (smaller inputs train nondeterministically on some CPUs); "
-                    "use a larger input or runtime.cpu_bf16=false"
+                    "use a larger input or runtime.cpu_bf16=false", key_name.split(" ")[0]
                 )
     return cfg
 

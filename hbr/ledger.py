@@ -289,6 +289,22 @@ class FunnelRow:
     note: str = ""
 
 
+def stage1_note(state: RunState) -> str:
+    """The funnel's note for stage 1: what its kept and removed count, and what it set aside
+    without counting (other protocols, known non-image files such as manifest.cvs)."""
+    totals = dict.fromkeys(SUMMARY_COUNTS + SUMMARY_OPTIONAL_COUNTS, 0)
+    for _, counts in (summary_counts(state.summary) or []) if state.summary is not None else []:
+        for key, value in counts.items():
+            totals[key] += value
+    errors = state.errors or 0
+    missing = min(totals["missing"], errors)
+    removed = f"{errors - missing} unreadable files" + (f" + {missing} listed in a manifest but missing"
+                                                        if missing else "")
+    return (f"kept = Total Body images in {DCM_TABLE}; removed = {removed} ({ERRORS_TABLE}); not counted: "
+            f"{totals['skipped']} images of other protocols, {totals['other_files']} known non-image files "
+            f"(manifest; {SUMMARY_TABLE})")
+
+
 def funnel(state: RunState) -> pd.DataFrame:
     """Per stage and background: images seen, kept and removed (stage 8: all landmarks found or not)."""
     rows = [
@@ -298,7 +314,7 @@ def funnel(state: RunState) -> pd.DataFrame:
             len(state.dcm) + (state.errors or 0),
             len(state.dcm),
             state.errors,
-            f"kept = Total Body images in {DCM_TABLE}; removed = unreadable files ({ERRORS_TABLE})",
+            stage1_note(state),
         )
     ]
     for table in (*state.shared, state.background):
@@ -347,6 +363,9 @@ def compare_sets(what_a: str, a: set[str], what_b: str, b: set[str]) -> Optional
 
 
 SUMMARY_COUNTS = ("members", "images", "skipped", "errors")
+# counts a 1_summary.tsv written before they existed lacks (read as 0): known non-image
+# members (manifest.cvs) and files a manifest lists that the source lacks (also errors)
+SUMMARY_OPTIONAL_COUNTS = ("other_files", "missing")
 
 
 def count_cell(text: object) -> Optional[int]:
@@ -368,16 +387,17 @@ def count_cell(text: object) -> Optional[int]:
 
 
 def summary_counts(summary: pd.DataFrame) -> Optional[list[tuple[str, dict[str, int]]]]:
-    """(source, counts) per row of 1_summary.tsv (columns source, file, members, images, skipped, errors).
+    """(source, counts) per row of 1_summary.tsv (columns source, file, members, images, skipped,
+    errors, and other_files, missing where present; 0 where absent).
 
-    None when a count column is missing or a cell is not a count.
+    None when a required count column is missing or a cell is not a count.
     """
     if not all(k in summary.columns for k in SUMMARY_COUNTS):
         return None
     label_col = "source" if "source" in summary.columns else None
     out = []
     for i, row in enumerate(summary.to_dict("records")):
-        counts = {k: count_cell(row[k]) for k in SUMMARY_COUNTS}
+        counts = {k: count_cell(row.get(k, "")) for k in SUMMARY_COUNTS + SUMMARY_OPTIONAL_COUNTS}
         if any(v is None for v in counts.values()):
             return None
         out.append((f"source {row[label_col]}" if label_col else f"line {i + 2}", counts))
@@ -385,7 +405,9 @@ def summary_counts(summary: pd.DataFrame) -> Optional[list[tuple[str, dict[str, 
 
 
 def summary_problems(state: RunState) -> list[str]:
-    """members == images + skipped + errors per row of 1_summary.tsv, and images == dcm_table rows."""
+    """Per row of 1_summary.tsv every member is counted once: members == images + skipped +
+    other_files + errors - missing (a missing file listed by a manifest is an error line but no
+    member); and images == dcm_table rows."""
     if state.summary is None:
         return []
     counts = summary_counts(state.summary)
@@ -393,9 +415,10 @@ def summary_problems(state: RunState) -> list[str]:
         return [f"{SUMMARY_TABLE}: no members/images/skipped/errors counts found (columns: {', '.join(state.summary.columns)})"]
     problems = []
     for label, c in counts:
-        if c["members"] != c["images"] + c["skipped"] + c["errors"]:
+        if c["members"] != c["images"] + c["skipped"] + c["other_files"] + c["errors"] - c["missing"]:
             problems.append(
-                f"{SUMMARY_TABLE} {label}: members {c['members']} != images {c['images']} + skipped {c['skipped']} + errors {c['errors']}"
+                f"{SUMMARY_TABLE} {label}: members {c['members']} != images {c['images']} + skipped {c['skipped']} "
+                f"+ other files {c['other_files']} + errors {c['errors']} - missing {c['missing']}"
             )
     images = sum(c["images"] for _, c in counts)
     if images != len(state.dcm):

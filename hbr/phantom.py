@@ -1,6 +1,6 @@
 """A synthetic, seeded, UK-Biobank-like whole-body DXA data set (the demo and test data).
 
-`python -m hbr.phantom --out DIR --n N --seed S` writes
+`python -m hbr.phantom --out DIR --n N --seed S [--variant alt] [--defect-rate R]` writes
 
     DIR/zips/{eid}_20158_2_0.zip   bone (InstanceNumber 12) and tissue (11) "Total Body"
                                    images plus 1-3 other protocols that stage 1 must skip
@@ -14,6 +14,16 @@ polygon is the skull outline, the points are the centres of the humeral heads, f
 heads and tali. Left/right are the patient's: the left is on the image right (L\\F).
 Defects (bad crop, abnormal contrast, tilted head, oversize) and the white background
 are allocated in fixed, stratified shares; the same seed gives byte-identical files.
+
+A second generator for checks that must not depend on this one (`--variant alt`, see
+VARIANTS): other proportions (longer legs, shorter trunk, wider heads, arms held
+closer to the body) and defect kinds the default never makes: heads turned (yaw: the skull
+squeezed sideways and asymmetric, the face shifted toward the turn) beside tilted ones,
+head or feet cut off by smaller margins, and abnormal contrast by a gamma curve or a
+bone window that blanks the soft tissue. Its ground truth has the same columns plus
+`defect_kind`. `--defect-rate R` makes each QC defect R of the participants (real
+cohorts: a few percent) and `--train-share` sizes the labelled split; the defaults give
+today's set.
 """
 
 from __future__ import annotations
@@ -56,8 +66,17 @@ WHITE_SHARE, TRAIN_SHARE = 0.25, 0.7
 ETHNIC = (("White", 0.88), ("Asian", 0.05), ("Black", 0.03), ("Mixed", 0.02), ("Chinese", 0.02))  # SH: <= 16 chars
 CENTRES = ("Cheadle", "Reading", "Newcastle", "Stockport")
 # one independent random stream per purpose, so changing one never shifts another
-STREAM = {name: k for k, name in enumerate(("plan", "body", "date", "noise", "names", "others", "labelme"))}
+# (new purposes go at the end: the indices of the others, and so the default set, stay)
+STREAM = {name: k for k, name in enumerate(("plan", "body", "date", "noise", "names", "others", "labelme", "kind"))}
 SOFTWARE = ("16.20.059", "16.10.151", "16.0.149")
+# defect kinds per variant: each QC defect's kinds (drawn with equal chance) and
+# "oversize"; the alt kinds are those the default does not make, or harder versions of them
+VARIANTS = {
+    "default": {"bad_crop": ("head_cut", "feet_cut"), "bad_contrast": ("saturated", "washed_out", "dark"),
+                "bad_pose": ("tilted",), "oversize": ("oversize",)},
+    "alt": {"bad_crop": ("head_cut", "feet_cut"), "bad_contrast": ("gamma", "bone_window"),
+            "bad_pose": ("tilted", "turned"), "oversize": ("oversize",)},
+}
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,7 @@ class Body:
     arm_deg: float  # arm abduction
     head_roll_deg: float  # a few degrees; 20-35 for a non-standard pose
     body_deg: float  # whole-body rotation in the image
+    head_turn: float = 0.0  # yaw as a signed squeeze fraction (alt variant): <= 0.04, or 0.2-0.35 when turned
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,9 @@ class Participant:
     train: bool
     study_time: datetime
     protocols: tuple[str, ...]
+    variant: str = "default"
+    defect_kind: str = ""  # one of VARIANTS[variant][defect], "" without a defect
+    contrast_strength: float = 0.0  # the alt contrast kinds' parameter (gamma, window floor)
 
     @property
     def spacing(self) -> tuple[float, float]:
@@ -118,21 +141,37 @@ def _share(count: int, rate: float) -> int:
     return int(math.floor(count * rate + 0.5))  # round half up: 9 % of 6 is one image, not zero
 
 
-def plan_categories(n: int, seed: int) -> list[tuple[Optional[str], bool, bool]]:
-    """(defect, white, train) per participant, stratified so every class lands in both splits."""
+def defect_rates(rate: Optional[float] = None) -> dict[str, float]:
+    """Share of participants per defect: DEFECT_RATES, or `rate` for each QC defect (oversize stays)."""
+    if rate is None:
+        return dict(DEFECT_RATES)
+    rates = {name: (rate if name in QC_DEFECTS else share) for name, share in DEFECT_RATES.items()}
+    if rate < 0 or sum(rates.values()) > 1:
+        raise ValueError(f"defect rate {rate}: each of the {len(QC_DEFECTS)} QC defects takes that share of the "
+                         f"participants (oversize {DEFECT_RATES['oversize']}), so it must lie in "
+                         f"[0, {(1 - DEFECT_RATES['oversize']) / len(QC_DEFECTS):.3f}]")
+    return rates
+
+
+def plan_categories(n: int, seed: int, rates: Optional[dict[str, float]] = None,
+                    train_share: float = TRAIN_SHARE) -> list[tuple[Optional[str], bool, bool]]:
+    """(defect, white, train) per participant, stratified so every class lands in both splits.
+
+    `rates` (see defect_rates) and `train_share` default to the demo set's.
+    """
     rng = np.random.default_rng([seed, STREAM["plan"]])
     defects: list[Optional[str]] = []
-    for name, rate in DEFECT_RATES.items():
+    for name, rate in (rates or DEFECT_RATES).items():
         defects += [name] * _share(n, rate)
     defects += [None] * (n - len(defects))
     defects = [defects[i] for i in rng.permutation(n)]
     white, train = [False] * n, [False] * n
-    for category in (*DEFECT_RATES, None):
+    for category in (*(rates or DEFECT_RATES), None):
         members = [i for i in range(n) if defects[i] == category]
         whites = set(rng.permutation(members)[: _share(len(members), WHITE_SHARE)].tolist())
         for bak in (True, False):
             cell = [i for i in members if (i in whites) == bak]
-            for i in rng.permutation(cell)[: _share(len(cell), TRAIN_SHARE)].tolist():
+            for i in rng.permutation(cell)[: _share(len(cell), train_share)].tolist():
                 train[i] = True
             for i in cell:
                 white[i] = bak
@@ -169,18 +208,65 @@ def _pick(rng: np.random.Generator, weighted: Sequence[tuple[str, float]]) -> st
     return names[int(rng.choice(len(names), p=np.asarray(weights) / sum(weights)))]
 
 
-def make_participant(index: int, seed: int, defect: Optional[str], white: bool, train: bool) -> Participant:
-    """Body, framing and DICOM context of participant `index` (own random stream per participant)."""
+def draw_body_alt(rng: np.random.Generator, kind: str, krng: np.random.Generator) -> Body:
+    """The alt variant's proportions: longer legs and a shorter trunk, wider heads, arms held
+    closer to the body, heavier people; a tilted (roll) or turned (yaw) head for those kinds."""
+    male = rng.random() < 0.5
+    height_m = round(float(np.clip(rng.normal(1.755 if male else 1.625, 0.07), 1.50, 1.88)), 2)
+    s = height_m * 1000 * (1 + float(np.clip(rng.normal(0, 0.008), -0.02, 0.02)))
+    bmi = float(np.clip(rng.normal(28.5, 5), 17, 42))
+    ref = 1755 if male else 1625
+    jitter = lambda sd: 1 + float(np.clip(rng.normal(0, sd), -2.5 * sd, 2.5 * sd))  # noqa: E731
+    roll = float(np.clip(krng.normal(0, 1.5), -4, 4))
+    turn = float(np.clip(krng.normal(0, 0.015), -0.04, 0.04))  # people never face exactly up
+    if kind == "tilted":
+        roll = float(krng.choice([-1, 1]) * krng.uniform(20, 35))
+    elif kind == "turned":
+        turn = float(krng.choice([-1, 1]) * krng.uniform(0.2, 0.35))
+    return Body(
+        sex="M" if male else "F", age=int(rng.integers(45, 81)),
+        weight_kg=round(bmi * height_m**2, 1), ethnic=_pick(rng, ETHNIC), height_m=height_m, stature_mm=s,
+        head_len=(222 if male else 208) * (s / ref) ** 0.4 * jitter(0.04),
+        head_w=(166 if male else 158) * (s / ref) ** 0.2 * jitter(0.05),
+        shoulder_w=(0.203 if male else 0.192) * s * jitter(0.05),
+        hip_w=(0.097 if male else 0.104) * s * jitter(0.05),
+        ankle_w=0.105 * s * jitter(0.15),
+        hip_frac=0.44 * jitter(0.02), girth=0.85 + 0.3 * (bmi - 18) / 22,
+        arm_deg=float(rng.uniform(0.5, 4)), head_roll_deg=roll,
+        body_deg=float(np.clip(rng.normal(0, 1.2), -2.5, 2.5)), head_turn=turn,
+    )
+
+
+def make_participant(index: int, seed: int, defect: Optional[str], white: bool, train: bool,
+                     variant: str = "default", kind: Optional[str] = None) -> Participant:
+    """Body, framing and DICOM context of participant `index` (own random streams per participant).
+
+    The defect kind is drawn from VARIANTS[variant][defect] unless `kind` names one (previews,
+    tests). The default variant draws exactly as it always did, so its sets stay byte-identical;
+    what only the alt variant draws comes from a stream of its own.
+    """
+    kinds = _kinds(variant, defect)
+    if kind is not None and kind not in kinds:
+        raise ValueError(f"defect {defect!r} of variant {variant!r} has kinds {kinds}, not {kind!r}")
+    alt = variant != "default"
     rng = np.random.default_rng([seed, STREAM["body"], index])
-    b = draw_body(rng, defect)
+    krng = np.random.default_rng([seed, STREAM["kind"], index])
+    if alt and kind is None and kinds:
+        kind = str(kinds[int(krng.integers(len(kinds)))])
+    b = draw_body_alt(rng, kind or "", krng) if alt else draw_body(rng, defect)
     rows, cols = OVERSIZE_SHAPES[int(rng.integers(len(OVERSIZE_SHAPES)))] if defect == "oversize" else (ROWS, COLS)
     sy = EXPOSED_MM[1] / ROWS
     extent_px = (0.96 + 0.045) * b.stature_mm / sy  # vertex to toes
     top = rng.uniform(6, max(7.0, min(40.0, rows - extent_px - 6)))
-    if defect == "bad_crop" and rng.random() < 0.5:
-        top = -rng.uniform(0.3, 0.7) * b.head_len / sy  # vertex (and part of the skull) above the image
-    elif defect == "bad_crop":
-        top = rows + rng.uniform(-12, 20) - 0.96 * b.stature_mm / sy  # ankles at the bottom edge, feet cut
+    if defect == "bad_crop":
+        head_cut = rng.random() < 0.5
+        kind = kind or ("head_cut" if head_cut else "feet_cut")
+        # alt: smaller margins (harder): 10-30 % of the skull above the image, or ankles from
+        # 18 px above the bottom edge (only the toes cut) to 25 px below it
+        if kind == "head_cut":
+            top = -(krng.uniform(0.1, 0.3) if alt else rng.uniform(0.3, 0.7)) * b.head_len / sy  # vertex above
+        else:
+            top = rows + (krng.uniform(-18, 25) if alt else rng.uniform(-12, 20)) - 0.96 * b.stature_mm / sy
     shift = float(np.clip(rng.normal(0, 4), -10, 10))
     b = _fit_arms(b, (cols / 2 - 8 - abs(shift)) * EXPOSED_MM[0] / COLS)
     first_day = int(np.random.default_rng([seed, STREAM["date"]]).integers(0, 1500))  # same for the whole set
@@ -188,10 +274,27 @@ def make_participant(index: int, seed: int, defect: Optional[str], white: bool, 
     names = list(OTHER_PROTOCOLS)
     protocols = tuple(sorted((names[k] for k in rng.permutation(len(names))[: int(rng.integers(1, 4))]),
                              key=OTHER_PROTOCOLS.get))
+    contrast_kind = str(rng.choice(["saturated", "washed_out", "dark"]))  # drawn for everyone: keeps the stream
+    strength = 0.0
+    if defect == "bad_contrast":
+        contrast_kind = kind = kind or contrast_kind
+        if kind == "gamma":  # mid-tones crushed (gamma > 1) or lifted (< 1); ends stay
+            strength = float(krng.uniform(2.2, 3.0) if krng.random() < 0.5 else krng.uniform(0.3, 0.45))
+        elif kind == "bone_window":  # the window's floor: soft tissue below it goes black
+            strength = float(krng.uniform(95, 125))
+    if defect in ("bad_pose", "oversize"):
+        kind = kind or kinds[0]
     return Participant(seed=seed, index=index, eid=1000000 + index, body=b, rows=rows, cols=cols, top_px=float(top),
-                       centre_x_px=cols / 2 + shift, white=white, defect=defect,
-                       contrast_kind=str(rng.choice(["saturated", "washed_out", "dark"])), train=train,
-                       study_time=base + timedelta(minutes=37 * index + int(rng.integers(0, 20))), protocols=protocols)
+                       centre_x_px=cols / 2 + shift, white=white, defect=defect, contrast_kind=contrast_kind,
+                       train=train, study_time=base + timedelta(minutes=37 * index + int(rng.integers(0, 20))),
+                       protocols=protocols, variant=variant, defect_kind=kind or "", contrast_strength=strength)
+
+
+def _kinds(variant: str, defect: Optional[str]) -> tuple[str, ...]:
+    """The kinds of `defect` in `variant` (none without a defect)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown phantom variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    return VARIANTS[variant][defect] if defect else ()
 
 
 def _fit_arms(b: Body, half_width_mm: float) -> Body:
@@ -236,17 +339,34 @@ def skull_outline(length: float, width: float) -> np.ndarray:
     return np.concatenate([arc, jaw, chin, left_jaw])
 
 
+def turn_head(pts: np.ndarray, length: float, width: float, turn: float) -> np.ndarray:
+    """Head points (vertex (0, 0), chin (0, length)) of a head turned about the body's long
+    axis (yaw) as a frontal projection shows it: the skull squeezed sideways by |turn| on
+    average, more on the side turned away from, and its lower part (the jaw) shifted toward
+    the turn, the more the lower it lies (the vault barely moves). The face structures
+    inside move further (see _draw_head): they lie in front of the turning axis."""
+    x, y = pts[:, 0], pts[:, 1]
+    side = np.sign(turn)
+    squeeze = abs(turn) * np.where(x * side > 0, 0.6, 1.4)
+    jaw = np.clip((y - 0.4 * length) / (0.5 * length), 0.0, 1.0)
+    return np.stack([x * (1 - squeeze) + side * 0.3 * abs(turn) * width * jaw, y], axis=1)
+
+
 class Painter:
     """Draws body-frame (mm) shapes into float layers through one affine map to pixels."""
 
-    def __init__(self, shape: tuple[int, int], matrix: np.ndarray, head_pivot, head_roll: float):
+    def __init__(self, shape: tuple[int, int], matrix: np.ndarray, head_pivot, head_roll: float,
+                 head_turn: float = 0.0, head_size: tuple[float, float] = (1.0, 1.0)):
         self.matrix = matrix
         self.head_pivot, self.head_roll = head_pivot, head_roll
+        self.head_turn, self.head_size = head_turn, head_size  # (length, width) of the skull, for turn_head
         self.layers = {k: np.zeros(shape, np.float32) for k in ("soft", "extra", "bone", "mask")}
 
     def px(self, pts, head: bool = False) -> np.ndarray:
-        """Pixel coordinates of body-frame points; head parts first turn about the neck."""
+        """Pixel coordinates of body-frame points; head parts first turn (yaw), then tilt about the neck."""
         pts = np.atleast_2d(np.asarray(pts, float))
+        if head and self.head_turn:
+            pts = turn_head(pts, *self.head_size, self.head_turn)
         if head and self.head_roll:
             pts = _rotate(pts, self.head_pivot, self.head_roll)
         return pts @ self.matrix[:, :2].T + self.matrix[:, 2]
@@ -336,12 +456,14 @@ def _draw_envelope(pt: Painter, b: Body, k: dict, skull: np.ndarray) -> None:
 
 def _draw_head(pt: Painter, b: Body, skull: np.ndarray) -> None:
     L, W = b.head_len, b.head_w
+    # a turned head's face lies in front of the turning axis: it moves sideways more than the outline
+    face = (lambda pts: np.asarray(pts, float) + [0.6 * b.head_turn * W, 0]) if b.head_turn else np.asarray
     pt.fill("bone", skull, 170, head=True)
     pt.line("bone", skull[:11], 200, 7, head=True)  # dense cranial vault
     for sign in (-1, 1):
-        pt.fill("bone", _ellipse((sign * 0.23 * W, 0.48 * L), 0.13 * W, 0.075 * L), 85, head=True)  # orbit
-    pt.fill("bone", [(-0.07 * W, 0.68 * L), (0.07 * W, 0.68 * L), (0, 0.55 * L)], 80, head=True)  # nasal aperture
-    pt.fill("bone", _ellipse((0, 0.79 * L), 0.26 * W, 0.055 * L), 185, head=True)  # teeth
+        pt.fill("bone", face(_ellipse((sign * 0.23 * W, 0.48 * L), 0.13 * W, 0.075 * L)), 85, head=True)  # orbit
+    pt.fill("bone", face([(-0.07 * W, 0.68 * L), (0.07 * W, 0.68 * L), (0, 0.55 * L)]), 80, head=True)  # nasal aperture
+    pt.fill("bone", face(_ellipse((0, 0.79 * L), 0.26 * W, 0.055 * L)), 185, head=True)  # teeth
     pt.line("bone", 0.93 * skull[10:18] + [0, 0.06 * L], 175, 8, head=True)  # mandible
 
 
@@ -424,7 +546,8 @@ def render(p: Participant) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str
     """Bone and tissue images (float, black background), body mask and landmarks in pixels."""
     b = p.body
     skull = skull_outline(b.head_len, b.head_w)
-    pt = Painter((p.rows, p.cols), _image_matrix(p), (0.0, 0.9 * b.head_len), b.head_roll_deg)
+    pt = Painter((p.rows, p.cols), _image_matrix(p), (0.0, 0.9 * b.head_len), b.head_roll_deg,
+                 b.head_turn, (b.head_len, b.head_w))
     k = key_points(b)
     _draw_envelope(pt, b, k, skull)
     _draw_axial(pt, b, k)
@@ -447,8 +570,12 @@ def render(p: Participant) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str
     return bone_img, tissue_img, mask, landmarks
 
 
-def finish(image: np.ndarray, mask: np.ndarray, white: bool, contrast: Optional[str] = None) -> np.ndarray:
-    """uint8 0..252 with an exactly black background; abnormal contrast; inverted on white."""
+def finish(image: np.ndarray, mask: np.ndarray, white: bool, contrast: Optional[str] = None,
+           strength: float = 0.0) -> np.ndarray:
+    """uint8 0..252 with an exactly black background; abnormal contrast; inverted on white.
+
+    `strength` is the parameter of the alt variant's kinds: the gamma, or the bone window's floor.
+    """
     body = np.clip(image, 1, WHITE)
     if contrast == "saturated":
         body = np.clip(body * 2.6, 1, WHITE)  # burnt out: most of the body at full white
@@ -456,6 +583,10 @@ def finish(image: np.ndarray, mask: np.ndarray, white: bool, contrast: Optional[
         body = 95 + body * 0.3  # little dynamic range, grey soft tissue
     elif contrast == "dark":
         body = 1 + body * 0.3  # bones barely brighter than soft tissue
+    elif contrast == "gamma":
+        body = np.clip(WHITE * (body / WHITE) ** strength, 1, WHITE)  # a wrong display curve
+    elif contrast == "bone_window":
+        body = np.clip((body - strength) * 2.5 + 1, 1, WHITE)  # windowed on bone: soft tissue near black
     out = np.where(mask, np.round(body), 0).astype(np.uint8)
     return (WHITE - out).astype(np.uint8) if white else out
 
@@ -566,6 +697,7 @@ def truth_row(image_id: str, p: Participant, kind: str, landmarks: dict) -> dict
            "is_bone": int(bone), "bad_crop": int(p.defect == "bad_crop"),  # framing is shared by both images
            "bad_contrast": int(bone and p.defect == "bad_contrast"),  # only the bone image is mis-windowed
            "bad_pose": int(p.defect == "bad_pose"), "oversize": int(p.defect == "oversize"),
+           **({"defect_kind": image_defect_kind(p, kind)} if p.variant != "default" else {}),  # default: as before
            "Rows": p.rows, "Columns": p.cols, "height_m": p.body.height_m,
            "spacing_mm_x": p.spacing[0], "spacing_mm_y": p.spacing[1]}
     head = g["head"]
@@ -574,6 +706,12 @@ def truth_row(image_id: str, p: Participant, kind: str, landmarks: dict) -> dict
         row[f"{n}_cx"], row[f"{n}_cy"] = g[n].cx, g[n].cy
     row.update(compute_phenotypes(g, p.body.height_m, p.spacing))
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def image_defect_kind(p: Participant, kind: str) -> str:
+    """The defect kind an image of the participant shows ("" for none): the tissue image
+    shares the framing, pose and size of the bone image but is never mis-windowed."""
+    return "" if kind != "bone" and p.defect == "bad_contrast" else p.defect_kind
 
 
 def label_tables(truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -618,15 +756,24 @@ def _remove_stale(out: Path, keep: set[str]) -> None:
                 path.unlink()
 
 
-def generate(out_dir: str | Path, n: int, seed: int = 0) -> PhantomSummary:
-    """Write the phantom set of `n` participants into `out_dir`; byte-identical for a seed."""
+def generate(out_dir: str | Path, n: int, seed: int = 0, variant: str = "default",
+             defect_rate: Optional[float] = None, train_share: float = TRAIN_SHARE) -> PhantomSummary:
+    """Write the phantom set of `n` participants into `out_dir`; byte-identical for a seed.
+
+    `variant` picks the generator (VARIANTS), `defect_rate` the share of participants with
+    each QC defect (default DEFECT_RATES), `train_share` the share in the labelled split.
+    """
+    _kinds(variant, None)  # an unknown variant fails before anything is written
+    if not 0 < train_share < 1:
+        raise ValueError(f"train share {train_share} must lie strictly between 0 and 1")
     out = Path(out_dir)
     rows, written = [], set()
-    for i, (defect, white, train) in enumerate(plan_categories(n, seed)):
-        p = make_participant(i, seed, defect, white, train)
+    for i, (defect, white, train) in enumerate(plan_categories(n, seed, defect_rates(defect_rate), train_share)):
+        p = make_participant(i, seed, defect, white, train, variant)
         stem = f"{p.eid}_20158_2_0"
         bone, tissue, mask, landmarks = render(p)
-        bone_img = finish(bone, mask, p.white, p.contrast_kind if p.defect == "bad_contrast" else None)
+        contrast = p.contrast_kind if p.defect == "bad_contrast" else None
+        bone_img = finish(bone, mask, p.white, contrast, p.contrast_strength)
         tissue_img = finish(tissue, mask, p.white)
         path = out / "zips" / f"{stem}.zip"
         write_bytes(path, zip_bytes(p, bone_img, tissue_img))
@@ -650,17 +797,29 @@ def generate(out_dir: str | Path, n: int, seed: int = 0) -> PhantomSummary:
     return PhantomSummary(out, n, len(truth), counts)
 
 
-def preview(path: str | Path, seed: int = 0) -> None:
-    """A PNG grid of phantom images: bone, tissue and one of each defect, titled (for the README)."""
-    cases = [("bone", None, False), ("tissue", None, False), ("bad crop", "bad_crop", False),
-             ("abnormal contrast", "bad_contrast", False), ("head pose", "bad_pose", False),
-             ("white background", None, True), ("oversize", "oversize", False)]
+def preview(path: str | Path, seed: int = 0, variant: str = "default") -> None:
+    """A PNG grid of phantom images: bone, tissue and one of each defect, titled (for the README).
+
+    For another variant than the default: one tile per defect kind of that variant.
+    """
+    cases: list[tuple[str, Optional[str], Optional[str], bool]] = [("bone", None, None, False),
+                                                                  ("tissue", None, None, False)]
+    if variant == "default":
+        cases += [("bad crop", "bad_crop", None, False), ("abnormal contrast", "bad_contrast", None, False),
+                  ("head pose", "bad_pose", None, False), ("white background", None, None, True),
+                  ("oversize", "oversize", None, False)]
+    else:
+        cases += [(kind.replace("_", " "), defect, kind, False)
+                  for defect in QC_DEFECTS for kind in _kinds(variant, defect)]
+        cases += [("white background", None, None, True)]
     tiles = []
-    for k, (title, defect, white) in enumerate(cases):
-        p = make_participant(0 if title == "tissue" else k, seed, defect, white, True)  # tissue: the bone's twin
+    for k, (title, defect, kind, white) in enumerate(cases):
+        # tissue: the bone's twin
+        p = make_participant(0 if title == "tissue" else k, seed, defect, white, True, variant, kind)
         bone, tissue, mask, _ = render(p)
         contrast = p.contrast_kind if defect == "bad_contrast" else None
-        img = finish(tissue, mask, white) if title == "tissue" else finish(bone, mask, white, contrast)
+        img = finish(tissue, mask, white) if title == "tissue" else finish(bone, mask, white, contrast,
+                                                                             p.contrast_strength)
         tile = np.full((max(s[0] for s in OVERSIZE_SHAPES) + 44, max(s[1] for s in OVERSIZE_SHAPES) + 8), 128, np.uint8)
         y0, x0 = 44 + (tile.shape[0] - 44 - img.shape[0]) // 2, (tile.shape[1] - img.shape[1]) // 2
         tile[y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = img
@@ -671,20 +830,34 @@ def preview(path: str | Path, seed: int = 0) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: python -m hbr.phantom --out DIR --n N --seed S [--preview PNG]."""
+    """Command line: python -m hbr.phantom --out DIR --n N --seed S [--variant V] [--defect-rate R] [--preview PNG]."""
     parser = argparse.ArgumentParser(prog="python -m hbr.phantom", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--n", type=int, default=100, help="participants (zips), default 100")
     parser.add_argument("--seed", type=int, default=0, help="random seed, default 0")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="default",
+                        help="generator: default, or alt (other proportions and defect kinds; adds defect_kind "
+                             "to the ground truth)")
+    parser.add_argument("--defect-rate", type=float, default=None, metavar="R",
+                        help=f"share of participants with each QC defect ({', '.join(QC_DEFECTS)}); default "
+                             + ", ".join(f"{k} {v:g}" for k, v in DEFECT_RATES.items()))
+    parser.add_argument("--train-share", type=float, default=TRAIN_SHARE,
+                        help="share of participants in the labelled (train) split; the rest is held out")
     parser.add_argument("--preview", type=Path, default=None, help="also write a PNG grid of examples here")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
-    summary = generate(args.out, args.n, args.seed)
+    try:
+        defect_rates(args.defect_rate)
+        if not 0 < args.train_share < 1:
+            raise ValueError("--train-share must lie strictly between 0 and 1")
+    except ValueError as exc:
+        parser.error(str(exc))
+    summary = generate(args.out, args.n, args.seed, args.variant, args.defect_rate, args.train_share)
     print(f"phantom: {summary.zips} zips, {summary.images} Total Body images -> {summary.out / 'zips'}; "
           f"labels -> {summary.out / 'labels'}; truth -> {summary.ground_truth}; counts: {summary.counts}")
     if args.preview:
-        preview(args.preview, seed=args.seed)
+        preview(args.preview, seed=args.seed, variant=args.variant)
     return 0
 
 

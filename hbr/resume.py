@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
-from tqdm import tqdm
 
 from hbr.errors import HbrError
 from hbr.files import read_tsv, write_tsv
+from hbr.progress import progress
 
 
 def _chunk_name(version: str, chunk: Sequence[str]) -> str:
@@ -28,10 +28,12 @@ def run_chunks(
     state_dir: Path,
     version: str,
     chunk_size: int,
-    process: Callable[[list[str]], pd.DataFrame],
+    process: Callable[[list[str], Callable[[int], None]], pd.DataFrame],
     desc: str = "",
 ) -> pd.DataFrame:
-    """Apply `process` to consecutive chunks of `items`, skipping chunks done by an earlier run.
+    """Apply `process(chunk, advance)` to consecutive chunks of `items`, skipping chunks done
+    by an earlier run; `process` may call `advance(n)` as it finishes items within the chunk,
+    so progress (hbr.progress) moves between chunks too.
 
     `state_dir` belongs to one stage; `version` must change whenever the result would
     (e.g. a model or config hash), so a state file is only reused for the same work.
@@ -43,14 +45,24 @@ def run_chunks(
     state_dir.mkdir(parents=True, exist_ok=True)
     parts, used = [], set()
     chunks = [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
-    with tqdm(total=len(items), desc=desc, unit="img", disable=not items) as bar:
-        for chunk in chunks:
-            path = state_dir / _chunk_name(version, chunk)
+    paths = [state_dir / _chunk_name(version, chunk) for chunk in chunks]
+    # chunks an earlier run finished count as done from the start, not in the rate
+    resumed = sum(len(chunk) for chunk, path in zip(chunks, paths) if path.exists())
+    with progress(len(items), desc, "img", initial=resumed) as bar:
+        for chunk, path in zip(chunks, paths):
             used.add(path.name)
             if not path.exists():
-                write_tsv(path, process(chunk))
+                advanced = 0
+
+                def advance(n: int) -> None:
+                    nonlocal advanced
+                    advanced += n
+                    bar.update(n)
+
+                write_tsv(path, process(chunk, advance))
+                if advanced < len(chunk):
+                    bar.update(len(chunk) - advanced)  # what `process` did not count itself
             parts.append(read_tsv(path))
-            bar.update(len(chunk))
     for stale in state_dir.glob("*.tsv"):  # other versions, and temporaries a killed run left
         if stale.name not in used:
             stale.unlink(missing_ok=True)

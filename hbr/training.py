@@ -2,7 +2,10 @@
 
 A task-specific `Objective` supplies the loss and the validation metrics; the loop
 does the rest: seeded shuffling, mixed precision, one-cycle learning rate, per-epoch
-log lines, best-epoch selection and an optional time limit.
+log lines, best-epoch selection and an optional time limit. Within an epoch it logs a
+progress line every HBR_PROGRESS_SECONDS (hbr.progress), and each line says how long the
+whole training has left; a warning raised while training (e.g. scikit-learn's on a small
+validation set) is logged once per training instead of once per epoch.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -21,6 +25,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from hbr.config import RuntimeConfig, TrainConfig
 from hbr.devices import autocast, batch_to_device, grad_scaler, to_device
 from hbr.prediction import make_loader, predict_batches
+from hbr.progress import Meter, format_duration
 
 
 class Objective(Protocol):
@@ -106,11 +111,34 @@ def train(
     runtime: RuntimeConfig,
     log: Callable[[str], None] = print,
     balance: Optional[Sequence[int]] = None,
+    log_progress: Optional[Callable[[str], None]] = None,
 ) -> TrainResult:
     """Train `model` and return the weights of its best validation epoch (the last without validation).
 
     With `balance` (the training labels) every epoch samples the classes equally often.
+    Progress lines within an epoch go to `log_progress` (default: `log`).
     """
+    log_progress = log if log_progress is None else log_progress
+    # the warning filters stay as they are; what they let through is recorded and logged once
+    # each (other code's catch_warnings resets the once-per-place registry every epoch)
+    with warnings.catch_warnings(record=True) as caught:
+        shown: set[tuple] = set()
+
+        def log_warnings() -> None:
+            for w in caught:
+                key = (w.category, str(w.message))
+                if key not in shown:
+                    shown.add(key)
+                    log(f"warning ({w.category.__name__}, shown once per training): {w.message}")
+            caught.clear()
+
+        return _train(model, train_set, val_set, objective, cfg, device, runtime, log, balance, log_progress,
+                      log_warnings)
+
+
+def _train(model, train_set, val_set, objective, cfg, device, runtime, log, balance, log_progress,
+           log_warnings) -> TrainResult:
+    """The loop of `train`; `log_warnings()` logs the warnings caught so far (once each)."""
     model = to_device(model, device, runtime)
     batch_size = min(cfg.batch_size, len(train_set))
     steps = max(len(train_set) // batch_size, 1)
@@ -122,10 +150,18 @@ def train(
     history = []
     start, step, total_steps = time.monotonic(), 0, epochs * steps
     limit_s = 60 * cfg.time_limit_min
+    meter = Meter(total_steps)  # its rate includes validation time, so the ETA does too
 
     def progress() -> float:
         p = step / total_steps
         return max(p, (time.monotonic() - start) / limit_s) if limit_s > 0 else p
+
+    def eta() -> str:
+        left = meter.eta_s()
+        if limit_s > 0:
+            clock_left = max(0.0, limit_s - (time.monotonic() - start))
+            left = clock_left if left is None else min(left, clock_left)
+        return "" if left is None else f"training ETA {format_duration(left)}"
 
     for epoch in range(epochs):
         epoch_start = time.monotonic()
@@ -143,7 +179,7 @@ def train(
             **order,
         )
         losses = []
-        for x, target in loader:
+        for batch_index, (x, target) in enumerate(loader, start=1):
             if progress() >= 1.0:
                 break
             with autocast(device, runtime):
@@ -160,6 +196,10 @@ def train(
             while schedule.last_epoch < catch_up:
                 schedule.step()
             losses.append(loss.item())
+            meter.update()
+            if meter.due():
+                log_progress(f"epoch {epoch + 1}/{epochs}: step {batch_index}/{steps}, loss {np.mean(losses):.4f}, "
+                             f"{meter.rate():.3g} steps/s; {eta()}")
         if not losses:  # the clock ran out between two epochs
             if epoch and progress() >= 1.0:
                 log(f"time limit of {cfg.time_limit_min} min reached after epoch {epoch}")
@@ -171,12 +211,15 @@ def train(
             record.update(objective.metrics(outputs, targets))
         record["seconds"] = round(time.monotonic() - epoch_start, 2)
         history.append(record)
-        log(f"epoch {epoch + 1}/{epochs} {_format(record)}")
+        log_warnings()
+        left = f" ({eta()})" if epoch + 1 < epochs and eta() else ""
+        log(f"epoch {epoch + 1}/{epochs} {_format(record)}{left}")
         if best is None or "score" not in record or epoch_rank(record) > epoch_rank(best.metrics):
             best = TrainResult(copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), record, history)
         if progress() >= 1.0 and epoch + 1 < epochs:
             log(f"time limit of {cfg.time_limit_min} min reached after epoch {epoch + 1}")
             break
+    log_warnings()
     best.history = history
     log(f"best epoch {best.metrics['epoch']}: {_format(best.metrics)}")
     return best

@@ -212,3 +212,18 @@ def test_a_model_at_chance_is_reported_naming_the_file_and_the_rare_class(work, 
     warn_if_useless(ctx, {"oof_balanced_accuracy": 0.5, "oof_auc": float("nan")}, [0, 0, 0, 1], path)
     err = capsys.readouterr().err
     assert "WARNING" in err and "Label 1 (abnormal contrast)" in err and str(path) in err
+
+
+def test_an_image_of_the_other_background_is_used_in_its_true_polarity_and_reported(work, capsys):
+    """A black-background image in a _white_ label file: its own corner value decides; the
+    file and image are named once."""
+    workdir, labels = work
+    own = labels / "5_contrast_white_label.tsv"
+    _label_file(own, [("w0", 0), ("b1", 1)])
+    ctx = _context(workdir, labels, share=False)  # the model trains in white polarity
+    images, found = read_training_images(ctx, own, None)
+    assert found == [0, 1]
+    assert images[0].tolist() == [[252, 242], [52, 252]]  # a white image as it is
+    assert images[1].tolist() == [[252, 162], [162, 252]]  # b1 is black: turned to white polarity
+    out = capsys.readouterr().out
+    assert f"{own}: 1 image(s) listed for the white background have a black background" in out and "b1" in out

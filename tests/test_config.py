@@ -94,3 +94,55 @@ def test_cpu_bf16_auto_follows_this_cpu_and_true_false_override_it():
         load_config(None, ["runtime.cpu_bf16=sometimes"])
     with pytest.raises(ConfigError, match=r"classifier.pretrained: 'auto' is not true, false, imagenet or a weights file path"):
         load_config(None, ["classifier.pretrained=auto"])
+
+
+def test_set_error_names_the_set_and_suggests_the_key():
+    """A bad key given with --set is blamed on that --set (not the config file), with the
+    nearest valid key and a handful of the section's keys instead of all of them."""
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT_CONFIG, ["classifier.epochs=3"])
+    message = str(err.value)
+    assert message.startswith("--set classifier.epochs=3: ") and str(DEFAULT_CONFIG) not in message
+    assert "did you mean classifier.train.epochs?" in message
+    assert message.count(", ") < 15 and "configs/default.yaml" in message  # not all ~90 keys
+    with pytest.raises(ConfigError, match=r"^--set canvas=5: canvas is a section.*canvas.height"):
+        load_config(None, ["canvas=5"])
+
+
+def test_file_error_is_blamed_on_the_file_and_set_error_on_the_set(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("classifier:\n  train: {epochs: 0}\n")
+    with pytest.raises(ConfigError, match=rf"^{config}: classifier.train.epochs = 0: must be at least 1"):
+        load_config(config, ["predict.batch_size=4"])
+    assert load_config(config, ["classifier.train.epochs=2"]).classifier.train.epochs == 2  # --set fixes it
+    config.write_text("segmenter:\n  threshold: 0.3\n")
+    with pytest.raises(ConfigError, match=r"^--set segmenter.mask_floor=0.4: segmenter.mask_floor = 0.4"):
+        load_config(config, ["segmenter.mask_floor=0.4"])
+
+
+@pytest.mark.parametrize("override, requirement", [
+    ("classifier.body.threshold=1.5", "must be auto or a number in [0, 1]"),
+    ("classifier.pose.threshold=-0.1", "must be auto or a number in [0, 1]"),
+    ("segmenter.threshold=1", "must be in [0, 1)"),
+    ("classifier.train.epochs=0", "must be at least 1"),
+    ("segmenter.train.batch_size=0", "must be at least 1"),
+    ("classifier.train.val_fraction=1", "must be in [0, 1)"),
+    ("segmenter.train.lr=0", "must be positive"),
+    ("classifier.train.min_images=0", "must be at least 1"),
+    ("canvas.height=0", "must be at least 1"),
+    ("segmenter.input_width=0", "must be at least 1"),
+    ("dicom.max_member_mb=0", "must be positive"),
+    ("dicom.workers=-1", "must be 0 or more"),
+    ("classifier.augment.hflip=2", "must be in [0, 1]"),
+    ("classifier.folds=1", "must be 0 (no folds) or at least 2"),
+    ("background.white=0", "must differ"),
+])  # fmt: skip
+def test_values_out_of_range_are_refused_naming_the_set(override, requirement):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT_CONFIG, [override, "runtime.cpu_bf16=false"])
+    assert str(err.value).startswith(f"--set {override}") and requirement in str(err.value), str(err.value)
+
+
+def test_demo_and_default_configs_are_in_range():
+    for name in ("default.yaml", "demo.yaml"):
+        load_config(REPO_ROOT / "configs" / name)

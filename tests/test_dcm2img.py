@@ -107,6 +107,8 @@ def test_real_visit_zip(real_visit_zip, real_dicom_dir, tmp_path):
         "images": "2",
         "skipped": "AP Spine=1;LVA=1;Left Femur=1;Left Ortho Knee=1;Right Femur=1;Right Ortho Knee=1",
         "errors": "0",
+        "other_files": "",
+        "missing": "0",
     }
     for instance in (11, 12):
         source = next(real_dicom_dir.glob(f"*.{instance}.12.1.dcm"))
@@ -389,10 +391,91 @@ def test_every_member_accounted_for(tmp_path, make_dicom, make_zip):
     assert len(summary) == 5
     for _, row in summary.iterrows():
         skipped = sum(int(part.rsplit("=", 1)[1]) for part in row["skipped"].split(";") if part)
+        assert row["other_files"] == "" and row["missing"] == "0"
         assert int(row["members"]) == int(row["images"]) + skipped + int(row["errors"]), row.to_dict()
         assert (table["folder"] == row["source"]).sum() == int(row["images"])
     assert len(errors) == summary["errors"].astype(int).sum() == 5
     assert len(table) == summary["images"].astype(int).sum() == 7
+
+
+def test_no_image_decoded_exits_1_with_the_count(tmp_path, capsys):
+    """Input files, but none a DICOM image (a folder of .txt/.csv): exit 1, the count of files
+    tried and where the reasons are, in one line; the tables are still written."""
+    inputs = tmp_path / "notes"
+    inputs.mkdir()
+    (inputs / "a.txt").write_text("hello")
+    (inputs / "b.csv").write_text("x,y\n1,2\n")
+    (inputs / "c.txt").write_text("")
+    workdir = tmp_path / "work"
+    assert run_stage1(inputs, workdir) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "3 file(s) tried" in err and str(workdir / dcm2img.ERRORS_FILE) in err, err
+    table, errors, summary = tables(workdir)
+    assert table.empty and len(errors) == 3 and summary.iloc[0]["errors"] == "3"
+
+
+def test_only_other_protocols_exits_1(tmp_path, make_dicom, make_zip, capsys):
+    """Zips holding no Total Body image (only spine, femur, ...): exit 1, pointing at 1_summary.tsv."""
+    make_zip(tmp_path / "in" / "1000001_20158_2_0.zip", {"spine.dcm": make_dicom(protocol="AP Spine")})
+    assert run_stage1(tmp_path / "in", tmp_path / "work") == 1
+    err = capsys.readouterr().err
+    assert "no Total Body image in 1 file(s) tried" in err and "1 of other protocols" in err, err
+    assert dcm2img.SUMMARY_FILE in err
+
+
+# A manifest as in UK Biobank's zips: the file list of the visit, named manifest.cvs (sic),
+# with dates holding an unquoted comma (column names as the UK Biobank cardiac tools read them).
+MANIFEST_HEADER = "filename,patientid,studyid,aetitle,date,numseries,seriesid,series discription\n"
+
+
+def manifest(*names: str) -> bytes:
+    rows = [f"{name},1000001,1.2.3,LUNAR,Jul 19, 2018 14:13:07,8,1.2.3.{i},Total Body\n"
+            for i, name in enumerate(names)]
+    return (MANIFEST_HEADER + "".join(rows)).encode()
+
+
+def test_manifest_is_a_known_non_image_member(tmp_path, make_dicom, make_zip):
+    """manifest.cvs beside the DICOM files: counted in other_files, not an error; the accounting adds up."""
+    from hbr.ledger import funnel, load_run_state, summary_problems
+
+    members = visit_members(make_dicom)
+    make_zip(tmp_path / "in" / "1000001_20158_2_0.zip", members | {"manifest.cvs": manifest(*members)})
+    workdir = tmp_path / "work"
+    assert run_stage1(tmp_path / "in", workdir) == 0
+    table, errors, summary = tables(workdir)
+    assert errors.empty and len(table) == 2
+    row = summary.iloc[0]
+    assert (row["members"], row["images"], row["errors"], row["other_files"], row["missing"]) == (
+        "4", "2", "0", "manifest.cvs=1", "0")
+    state = load_run_state(workdir)
+    assert summary_problems(state) == []
+    note = funnel(state).iloc[0]["note"]
+    assert "0 unreadable files" in note and "1 images of other protocols" in note and "1 known non-image" in note
+
+
+def test_manifest_listing_a_missing_dicom(tmp_path, make_dicom, make_zip):
+    """A DICOM file the manifest lists but the zip lacks: one line in 1_errors.tsv naming it."""
+    from hbr.ledger import load_run_state, summary_problems
+
+    members = visit_members(make_dicom)
+    zip_path = make_zip(tmp_path / "in" / "1000001_20158_2_0.zip",
+                        members | {"manifest.cvs": manifest(*members, "lost.dcm")})
+    workdir = tmp_path / "work"
+    assert run_stage1(tmp_path / "in", workdir) == 0
+    error = only_error(workdir)
+    assert error == {"file": str(zip_path), "member": "lost.dcm", "reason": "listed in manifest.cvs but not in the zip"}
+    row = read_tsv(workdir / dcm2img.SUMMARY_FILE).iloc[0]
+    assert (row["members"], row["errors"], row["missing"]) == ("4", "1", "1")
+    assert summary_problems(load_run_state(workdir)) == []
+
+
+def test_manifest_listing_formats():
+    """The filename column (dates with a comma do not shift it), else every cell naming a .dcm."""
+    assert dcm2img.manifest_listing(manifest("a.dcm", "sub/b.dcm")) == ["a.dcm", "b.dcm"]
+    assert dcm2img.manifest_listing(b"1.2.3.dcm;x\n\nother,4.5.DCM\n") == ["4.5.DCM"]
+    assert dcm2img.manifest_listing(b"\x00\xff not a csv") == []
+    assert dcm2img.manifest_listing(b"") == []
 
 
 # ---------------------------------------------------------------- resume, parallelism

@@ -268,7 +268,7 @@ def test_accounting_detects_a_lost_handover_and_bad_summary(run_copy):
     write_tsv(run_copy / "1_summary.tsv", summary)
     problems = ledger.check_accounting(run_copy)
     assert "2_class_pred.tsv kept 3 images != 3_crop_pred.tsv saw 2: 1 only in the first (B_12)" in problems
-    assert any("members 6 != images 2 + skipped 3 + errors 0" in p for p in problems)
+    assert any("members 6 != images 2 + skipped 3 + other files 0 + errors 0 - missing 0" in p for p in problems)
 
 
 def test_kept_but_not_yet_measured_images_are_not_measured(tmp_path):
@@ -277,6 +277,16 @@ def test_kept_but_not_yet_measured_images_are_not_measured(tmp_path):
     assert hbr.loc["A_12", "excluded_by"] == "not_measured"
     assert "8_cal_segment black has not run" in hbr.loc["A_12", "reason"]
     assert hbr.loc["D_11", "excluded_by"] == "2_body_class"
+
+
+def test_progress_in_a_pipe_is_clean_lines(run_copy, monkeypatch, capsys):
+    """Stage 8 counts the measured images in plain lines when its output is not a terminal."""
+    monkeypatch.setenv("HBR_PROGRESS_SECONDS", "0")
+    assert stage.main(["black", "--workdir", str(run_copy), "--no-report", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"{stage.NAME} black: ")]
+    assert [line.split(" images")[0] for line in lines] == [f"{stage.NAME} black: {n}/2" for n in (1, 2, 2)], err
+    assert "\r" not in err and lines[-1].startswith(f"{stage.NAME} black: 2/2 images in ")
 
 
 def test_report_files_exist(finished_run):

@@ -159,6 +159,39 @@ def test_time_limit_stops_training_with_the_schedule_run_out():
     assert result.metrics["epoch"] == len(result.history)  # no validation: the last epoch's weights
 
 
+def test_training_logs_progress_within_an_epoch_and_each_warning_once(monkeypatch):
+    """Lines within an epoch (here every step: HBR_PROGRESS_SECONDS=0) with the ETA of the whole
+    training; a warning raised every epoch (e.g. scikit-learn's on a small validation set) is
+    logged once, not once per epoch."""
+    import warnings
+
+    from hbr.stages.classify import ClassifierObjective
+
+    monkeypatch.setenv("HBR_PROGRESS_SECONDS", "0")
+
+    class Warning_(ClassifierObjective):
+        def metrics(self, outputs, targets):
+            warnings.warn("y_pred contains classes not in y_true", UserWarning)
+            return super().metrics(outputs, targets)
+
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 200, (32, 16)).astype(np.uint8) for _ in range(12)]
+    labels = [i % 2 for i in range(12)]
+    prep = Preprocess(32, 16, 32, 16)
+    model = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2})
+    cfg = TrainConfig(epochs=3, batch_size=4, workers=0)
+    lines = []
+    train(model, ClassifierSet(images[:8], labels[:8], prep, None, 0),
+          ClassifierSet(images[8:], labels[8:], prep, None, 0), Warning_(labels[:8]), cfg, torch.device("cpu"), RuntimeConfig(cpu_bf16=False), log=lines.append)
+    steps = [line for line in lines if ": step " in line]
+    assert steps[0].startswith("epoch 1/3: step 1/2, loss ") and "steps/s; training ETA " in steps[0], steps
+    assert len(steps) == 6  # 3 epochs x 2 steps
+    epochs = [line for line in lines if line.startswith("epoch ") and ": step" not in line]
+    assert "(training ETA " in epochs[0] and "ETA" not in epochs[-1]
+    assert sum("y_pred contains classes not in y_true" in line for line in lines) == 1
+    assert all("\r" not in line for line in lines)
+
+
 def test_invert_augmentation_shows_the_other_background():
     prep = Preprocess(16, 8, 16, 8)
     image = np.zeros((16, 8), np.uint8)

@@ -15,7 +15,9 @@ import pytest
 from hbr.files import read_tsv
 from hbr.labels import read_labelme
 from hbr.landmarks import LANDMARKS, POINT_LANDMARKS, Box
-from hbr.phantom import generate, main, make_participant, plan_categories
+from hbr.evaluate import DECISION_TRUTH
+from hbr.phantom import (DEFECT_RATES, QC_DEFECTS, VARIANTS, defect_rates, generate, main, make_participant,
+                         plan_categories)
 from hbr.phenotypes import compute_phenotypes, phenotype_columns
 
 N = 12
@@ -63,6 +65,35 @@ def bone_pixels(folder, row):
     """The bone image of a ground-truth row, as a black-background array."""
     pixels = total_body(folder / "zips" / f"{row['eid']}_20158_2_0.zip")[0][12].pixel_array.astype(int)
     return 252 - pixels if row["background"] == "white" else pixels
+
+
+# What the default generator wrote for (N, seed 3) before the variants existed: the zips'
+# members (not the zip containers, whose deflate bytes depend on the zlib build), the
+# ground truth, the label files and the LabelMe JSON. A change here changes every demo
+# and benchmark set; update it only on purpose. (Rendering uses OpenCV blurs on floats: a
+# different OpenCV build may round a pixel differently and fail this test.)
+DEFAULT_CONTENT_SHA256 = "0e800e2305a1588673088fdd6dfec84450dc13524b239f752934e484fbeb4047"
+
+
+def content_digest(folder):
+    """SHA-256 over every file's name and content, zips by their members' names and bytes."""
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        if not p.is_file():
+            continue
+        h.update(str(p.relative_to(folder)).encode())
+        if p.suffix == ".zip":
+            with zipfile.ZipFile(p) as zf:
+                for name in zf.namelist():
+                    h.update(name.encode())
+                    h.update(zf.read(name))
+        else:
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_default_variant_writes_what_it_always_wrote(phantom):
+    assert content_digest(phantom) == DEFAULT_CONTENT_SHA256
 
 
 def test_same_seed_same_bytes(phantom, tmp_path):
@@ -258,3 +289,142 @@ def test_defects_carry_their_truth(larger):
     for _, row in white.iterrows():
         pixels = total_body(out / "zips" / f"{row['eid']}_20158_2_0.zip")[0][row["InstanceNumber"]].pixel_array
         assert (pixels[:9, :9] == 252).all()
+
+
+# ---------------------------------------------------------------- the alt variant and the defect rate
+ALT_N, ALT_RATE = 60, 0.15
+
+
+@pytest.fixture(scope="module")
+def alt(tmp_path_factory):
+    """An alt set with 9 participants of each QC defect: every kind occurs."""
+    out = tmp_path_factory.mktemp("phantom_alt")
+    summary = generate(out, ALT_N, seed=1, variant="alt", defect_rate=ALT_RATE)
+    return out, summary
+
+
+def head_width_ratio(bone):
+    return (bone["head_w"] / bone["head_h"]).to_numpy()
+
+
+def trunk_share(bone):
+    """Vertex-to-hip over vertex-to-ankle: smaller for longer legs."""
+    hip = bone[["hip_left_cy", "hip_right_cy"]].mean(axis=1)
+    ankle = bone[["ankle_left_cy", "ankle_right_cy"]].mean(axis=1)
+    return ((hip - bone["head_y"]) / (ankle - bone["head_y"])).to_numpy()
+
+
+def test_alt_has_the_same_truth_columns_plus_the_defect_kind(alt, larger):
+    out, summary = alt
+    truth = pd.read_csv(out / "ground_truth.tsv", sep="\t", keep_default_na=False)
+    default = pd.read_csv(larger[0] / "ground_truth.tsv", sep="\t")
+    assert [c for c in truth.columns if c != "defect_kind"] == list(default.columns)
+    for column, _, unscored in DECISION_TRUTH.values():  # hbr.evaluate scores it unchanged
+        assert column in truth.columns and (unscored is None or unscored in truth.columns)
+    bone = truth[truth["kind"] == "bone"]
+    expected = {d: round(ALT_N * ALT_RATE) for d in QC_DEFECTS}
+    assert {d: int(bone[d].sum()) for d in QC_DEFECTS} == expected
+    assert summary.counts["oversize"] == round(ALT_N * DEFECT_RATES["oversize"])
+    for defect in QC_DEFECTS:
+        kinds = set(bone.loc[bone[defect] == 1, "defect_kind"])
+        assert kinds == set(VARIANTS["alt"][defect]), defect  # every kind of the variant, and only those
+    assert set(bone.loc[bone[[*QC_DEFECTS, "oversize"]].sum(axis=1) == 0, "defect_kind"]) == {""}
+    tissue = truth[truth["kind"] == "tissue"]
+    assert set(tissue.loc[tissue["bad_contrast"] == 0, "defect_kind"]) <= {"", "head_cut", "feet_cut", "tilted",
+                                                                            "turned", "oversize"}
+    # label files as for the default set
+    assert sorted(p.name for p in (out / "labels").glob("*.tsv")) == sorted(LABEL_TSVS)
+
+
+def test_alt_kinds_are_not_the_defaults():
+    for defect in ("bad_contrast", "bad_pose"):
+        assert set(VARIANTS["alt"][defect]) - set(VARIANTS["default"][defect])
+    assert not set(VARIANTS["alt"]["bad_contrast"]) & set(VARIANTS["default"]["bad_contrast"])
+
+
+def test_alt_defects_look_like_their_kind(alt, larger):
+    out, _ = alt
+    truth = pd.read_csv(out / "ground_truth.tsv", sep="\t", keep_default_na=False)
+    bone = truth[truth["kind"] == "bone"]
+    clean = bone[bone[[*QC_DEFECTS, "oversize"]].sum(axis=1) == 0]
+    # a turned head is squeezed sideways: narrower than any head facing up
+    turned = bone[bone["defect_kind"] == "turned"]
+    assert head_width_ratio(turned).max() < head_width_ratio(clean).min()
+    # a tilted head leaves the body axis, as in the default set (there: > 8 px)
+    tilted = bone[bone["defect_kind"] == "tilted"]
+    shoulders = tilted[["shoulder_left_cx", "shoulder_right_cx"]].mean(axis=1).to_numpy()
+    assert (np.abs(tilted["head_cx"].to_numpy() - shoulders) > 8).all()
+    # framing: the head reaches above the image, or the ankles near or below its bottom edge
+    crop = bone[bone["bad_crop"] == 1]
+    head = crop["defect_kind"] == "head_cut"
+    assert (crop.loc[head, "head_y"] < 0).all()
+    ankles = crop.loc[~head, ["ankle_left_cy", "ankle_right_cy"]].max(axis=1)
+    assert (ankles > crop.loc[~head, "Rows"] - 20).all()
+    for _, row in crop.iterrows():
+        img = bone_pixels(out, row)
+        assert (img[0] > 0).any() if row["defect_kind"] == "head_cut" else (img[-1] > 0).any(), row["Image"]
+    for _, row in clean.iterrows():
+        img = bone_pixels(out, row)
+        assert not (img[:3] > 0).any() and not (img[-3:] > 0).any(), f"{row['Image']} is cut off"
+    # contrast: a gamma curve moves the soft tissue far from normal; a bone window blanks it
+    normal_median = np.median([np.median(bone_pixels(out, r)[bone_pixels(out, r) > 0]) for _, r in clean.iterrows()])
+    for _, row in bone[bone["bad_contrast"] == 1].iterrows():
+        body = bone_pixels(out, row)
+        body = body[body > 0]
+        if row["defect_kind"] == "gamma":
+            assert abs(np.median(body) - normal_median) > 40, row["Image"]
+        else:
+            assert (body <= 5).mean() > 0.3, row["Image"]
+    # other proportions: longer legs (shorter trunk) and relatively wider heads than the default's
+    default = pd.read_csv(larger[0] / "ground_truth.tsv", sep="\t")
+    default_clean = default[(default["kind"] == "bone") & (default[[*QC_DEFECTS, "oversize"]].sum(axis=1) == 0)]
+    assert trunk_share(clean).mean() < trunk_share(default_clean).mean() - 0.015
+    assert head_width_ratio(clean).mean() > head_width_ratio(default_clean).mean() + 0.03
+
+
+def test_alt_same_seed_same_bytes_and_other_than_default(tmp_path):
+    generate(tmp_path / "a", 5, seed=2, variant="alt", defect_rate=0.2)
+    generate(tmp_path / "b", 5, seed=2, variant="alt", defect_rate=0.2)
+    generate(tmp_path / "c", 5, seed=2, defect_rate=0.2)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    assert tree_digest(tmp_path / "a")["zips/1000000_20158_2_0.zip"] != tree_digest(tmp_path / "c")[
+        "zips/1000000_20158_2_0.zip"]
+
+
+def test_defect_rate_and_train_share():
+    assert defect_rates() == DEFECT_RATES and defect_rates(None) == DEFECT_RATES
+    assert defect_rates(0.03) == {**{d: 0.03 for d in QC_DEFECTS}, "oversize": DEFECT_RATES["oversize"]}
+    for bad in (-0.1, 0.4):
+        with pytest.raises(ValueError):
+            defect_rates(bad)
+    plan = plan_categories(200, 0, defect_rates(0.03), train_share=0.3)
+    defects = [d for d, _, _ in plan]
+    assert {d: defects.count(d) for d in QC_DEFECTS} == {d: 6 for d in QC_DEFECTS}
+    assert 0.25 < np.mean([t for _, _, t in plan]) < 0.35
+    for d in QC_DEFECTS:  # still stratified: every defect in both splits
+        assert {t for dd, _, t in plan if dd == d} == {True, False}
+    assert plan_categories(40, 0, None) == plan_categories(40, 0)
+
+
+def test_kind_is_checked_and_forced():
+    with pytest.raises(ValueError):
+        make_participant(0, 0, "bad_pose", False, True, "default", "turned")
+    with pytest.raises(ValueError):
+        make_participant(0, 0, None, False, True, "sideways")
+    p = make_participant(0, 0, "bad_pose", False, True, "alt", "turned")
+    assert p.defect_kind == "turned" and 0.2 <= abs(p.body.head_turn) <= 0.35 and abs(p.body.head_roll_deg) <= 4
+    # forcing the kind the default would draw anyway changes nothing
+    drawn = make_participant(3, 0, "bad_crop", False, True)
+    assert make_participant(3, 0, "bad_crop", False, True, kind=drawn.defect_kind) == drawn
+
+
+def test_command_line_variant_rate_and_preview(tmp_path):
+    assert main(["--out", str(tmp_path / "set"), "--n", "4", "--seed", "0", "--variant", "alt", "--defect-rate",
+                 "0.25", "--train-share", "0.5", "--preview", str(tmp_path / "alt.png")]) == 0
+    truth = read_tsv(tmp_path / "set" / "ground_truth.tsv")
+    assert "defect_kind" in truth.columns and set(truth["defect_kind"]) - {""}
+    assert (tmp_path / "alt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad in (["--variant", "nope"], ["--defect-rate", "0.5"], ["--train-share", "1"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "x"), "--n", "2", *bad])
+    assert not (tmp_path / "x").exists()

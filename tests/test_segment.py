@@ -129,3 +129,19 @@ def test_the_shared_folder_also_leaves_out_unreviewed_files(work, capsys):
     assert training_label_files(own, other) == [own / "w0.json"]
     assert [x.image_id for x in read_training_labels(ctx, own, other)] == ["w0"]
     assert f"{other}: 1 pre-annotation not yet reviewed skipped" in capsys.readouterr().out
+
+
+def test_a_labelme_file_of_the_other_background_is_used_in_its_true_polarity(work, capsys):
+    """A LabelMe file of a black-background image in 7_segment_white/: its own corner value
+    decides its polarity, and the file is named."""
+    workdir, labels = work
+    own = labels / "7_segment_white"
+    _labelme(own / "b0.json", "b0")
+    ctx = _context(workdir, labels, share=False, min_images=1)  # the U-Net trains in white polarity
+    items = read_training_labels(ctx, own, None)
+    assert {x.image_id: x.image.tolist() for x in items} == {
+        "w0": WHITE_IMAGE.tolist(),  # as it is
+        "b0": (252 - BLACK_IMAGE).tolist(),  # black: turned to white polarity, not taken for white
+    }
+    out = capsys.readouterr().out
+    assert f"{own}: 1 image(s) listed for the white background have a black background" in out and "b0.json" in out

@@ -30,6 +30,7 @@ from hbr.labels import read_class_labels
 from hbr.models import create_model
 from hbr.pipeline import Stage, image_folders, other_background, total_body_npy
 from hbr.prediction import predict_batches
+from hbr.stages.background import BackgroundCheck
 from hbr.stages.model_stage import (
     Prediction,
     Training,
@@ -71,24 +72,32 @@ def read_training_images(
 ) -> tuple[list[np.ndarray], list[int]]:
     """Labelled images and labels of a stage: its own, plus those of `shared` (the other
     background's label file, see shared_label_path), all in the polarity the model trains in
-    (see model_stage.training_polarity)."""
+    (see model_stage.training_polarity); an image listed under the wrong background is
+    taken in its true one and reported (see background.BackgroundCheck)."""
     c, npy_dir, bg = ctx.cfg.classifier, total_body_npy(ctx.workdir), ctx.cfg.background
     bak = ctx.options.background
     polarity = training_polarity(bak, shared is not None)
-    in_polarity = lambda image, of: image if of == polarity else swap_background(image, bg.black, bg.white)  # noqa: E731
+    check = BackgroundCheck(bg)
+
+    def in_polarity(path: Path, image_id: str, listed: Optional[str], source: Path) -> np.ndarray:
+        image = read_npy(path)
+        of = check(image, listed, image_id, source)
+        return image if of == polarity else swap_background(image, bg.black, bg.white)
+
     # with shared labels the minimum count and both classes apply to the pooled set
     own = read_class_labels(label_path, npy_dir, 1 if shared else c.train.min_images, both_classes=shared is None)
-    images, labels = [in_polarity(read_npy(p), bak) for p in own.paths], list(own.labels)
+    images, labels = [in_polarity(p, i, bak, label_path) for p, i in zip(own.paths, own.ids)], list(own.labels)
     if shared is not None:
         try:
             extra = read_class_labels(shared, npy_dir, 1, both_classes=False)
         except HbrError as exc:
             print(f"not sharing labels across backgrounds: {exc}")
         else:
-            images += [in_polarity(read_npy(p), other_background(bak)) for p in extra.paths]
+            images += [in_polarity(p, i, other_background(bak), shared) for p, i in zip(extra.paths, extra.ids)]
             labels += extra.labels
             print(f"{shared}: {len(extra.ids)} images of the other background added; black and white share "
                   f"one model, trained in {polarity} polarity (classifier.share_backgrounds)")
+    check.report()
     if len(labels) < c.train.min_images:
         raise HbrError(f"{label_path}: only {len(labels)} usable labelled image(s) with those of {shared}; "
                        f"at least {c.train.min_images} are needed to train")
@@ -165,15 +174,16 @@ def stage_augment(c: ClassifierConfig, stage_cfg: QcStageConfig, per_background:
     return replace(aug, invert=0.0) if per_background else aug
 
 
-def _fit(ctx: Context, images, labels, prep, aug, device, log=print) -> tuple[torch.nn.Module, dict]:
-    """One classifier trained on `images` with the stage's recipe: (model with its last weights, result)."""
+def _fit(ctx: Context, images, labels, prep, aug, device, log=print, log_progress=None) -> tuple[torch.nn.Module, dict]:
+    """One classifier trained on `images` with the stage's recipe: (model with its last weights, result);
+    `log` takes the epoch lines, `log_progress` the lines within an epoch (default: `log`)."""
     c = ctx.cfg.classifier
     seed_everything(c.train.seed)
     model = create_model({"kind": "classifier", "arch": c.arch, "num_outputs": 2}, pretrained=c.pretrained)
     bg = (ctx.cfg.background.black, ctx.cfg.background.white)
     result = train(model, ClassifierSet(images, labels, prep, aug, c.train.seed, bg), None,
                    ClassifierObjective(labels, weighted=not c.balance), c.train, device, ctx.cfg.runtime,
-                   log=log, balance=labels if c.balance else None)
+                   log=log, balance=labels if c.balance else None, log_progress=log_progress)
     model.load_state_dict(result.state_dict)
     return model, result
 
@@ -194,7 +204,9 @@ def out_of_fold(ctx: Context, images, labels, prep, aug, device) -> Optional[np.
     for k, (train_idx, held_idx) in enumerate(splits, start=1):
         start = time.monotonic()
         pick = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
-        model, _ = _fit(ctx, pick(train_idx, images), pick(train_idx, labels), prep, aug, device, log=lambda _: None)
+        # a fold's epoch lines would triple the log; its progress lines show it is moving
+        model, _ = _fit(ctx, pick(train_idx, images), pick(train_idx, labels), prep, aug, device, log=lambda _: None,
+                        log_progress=lambda line, k=k: print(f"{ctx.run_name}: fold {k}/{folds}: {line}"))
         held = ClassifierSet(pick(held_idx, images), pick(held_idx, labels), prep, None, c.train.seed)
         outputs = [out for out, _ in predict_batches(model, held, c.train.batch_size, 0, device, ctx.cfg.runtime,
                                                      postprocess=lambda o: o.softmax(1)[:, 1])]
@@ -301,6 +313,7 @@ def run(ctx: Context) -> None:
     shared = shared_label_path(ctx, label_path)
     training = Training(
         settings=(stage.name, stage_training_values(c, stage.task), ctx.cfg.canvas, ctx.cfg.background),
+        labels=label_path,
         label_files=lambda: [label_path] + ([shared] if shared else []),
         train_into=_train_classifier(ctx, label_path, shared),
         shared_with=shared_model_files(ctx, shared is not None),
@@ -327,11 +340,4 @@ def run(ctx: Context) -> None:
 
 def main(task: str, argv=None) -> int:
     """Command line of one classifier stage (task: body, crop, contrast or pose, see hbr.pipeline)."""
-    stage = pipeline.stage(task)
-
-    def add_arguments(parser):
-        if stage.per_background:
-            cli.add_background_argument(parser)
-        cli.add_model_arguments(parser)
-
-    return cli.main(stage, add_arguments, run, argv)
+    return cli.entry(task, argv)

@@ -10,20 +10,30 @@ WORKDIR/1_Total_Body_npy/{source}_{InstanceNumber}.npy (the exact DICOM pixels) 
 WORKDIR/1_Total_Body_png/ (same pixels; 16-bit PNG for more than 8 bits).
 
 Every member of every source ends in exactly one place: an image row of
-dcm_table.tsv, a skipped count (other protocols, "(none)" without ProtocolName) in
-1_summary.tsv, or a line of 1_errors.tsv with the reason. A killed run resumes: each
-finished source is recorded in WORKDIR/.state/1_dcm2img/, and a re-run converts only
-the others, then rebuilds the tables, byte-identical to a run without interruption.
+dcm_table.tsv, a skipped count (other protocols, "(none)" without ProtocolName) or a
+known non-image file (UK Biobank's manifest.cvs) in 1_summary.tsv, or a line of
+1_errors.tsv with the reason. Where a manifest lists the DICOM files of its zip, a listed
+file the zip lacks is one more line of 1_errors.tsv (counted in 1_summary.tsv's
+`missing`). A killed run resumes: each finished source is recorded in
+WORKDIR/.state/1_dcm2img/, and a re-run converts only the others, then rebuilds the
+tables, byte-identical to a run without interruption.
+
+An input whose files give no image at all ends the stage with exit status 1 and the count
+of files tried, since nothing would be left for the later stages (an input folder without
+any file is refused as well: most likely a wrong path). A cluster shard with no input
+assigned to it is another case: once shards exist, such a shard is done, with exit 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
+import re
 import stat
 import zipfile
 import zlib
@@ -34,7 +44,6 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 from pydicom.dataset import Dataset
-from tqdm import tqdm
 
 from hbr import cli, pipeline
 from hbr.config import DicomConfig
@@ -61,6 +70,7 @@ from hbr.files import (
     write_tsv_rows,
 )
 from hbr.memory import PeriodicRelease
+from hbr.progress import progress as progress_counter
 
 STAGE = pipeline.stage(1).name
 NPY_DIR, PNG_DIR = (folder.name for folder in pipeline.image_folders(Path(), pipeline.TOTAL_BODY))
@@ -69,9 +79,16 @@ ERRORS_FILE = pipeline.ERRORS_TABLE
 SUMMARY_FILE = pipeline.SUMMARY_TABLE
 STATE_DIR = Path(pipeline.STATE_DIR) / STAGE
 ERROR_COLUMNS = ("file", "member", "reason")
-SUMMARY_COLUMNS = ("source", "file", "members", "images", "skipped", "errors")
-STATE_VERSION = 1  # bump when the content of a state file changes meaning
+# other_files: known non-image members (manifest.cvs=1); missing: DICOM files a manifest lists
+# that the source lacks (each also an error line). Per source:
+# members == images + skipped + other_files + errors - missing (hbr.ledger checks it)
+SUMMARY_COLUMNS = ("source", "file", "members", "images", "skipped", "errors", "other_files", "missing")
+STATE_VERSION = 2  # bump when the content of a state file changes meaning
 MB = 2**20
+
+# Members known not to be images. UK Biobank's zips carry a small CSV listing their DICOM
+# files, named manifest.cvs (sic) in the real files; manifest.csv is taken alike.
+MANIFEST_NAMES = frozenset({"manifest.cvs", "manifest.csv"})
 
 # zipfile/zlib failures while reading a member: bad CRC or stream, truncated archive,
 # encryption (RuntimeError), unsupported compression method (NotImplementedError).
@@ -111,6 +128,8 @@ class SourceResult:
     members: int = 0
     images: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    other: dict[str, int] = field(default_factory=dict)  # known non-image members by name
+    missing: int = 0  # files a manifest lists that the source lacks (also error rows)
 
     def error(self, file: str, member: str, reason: str) -> None:
         """Record one unusable item (tabs and line breaks become spaces, to keep the TSV sane)."""
@@ -127,6 +146,8 @@ class SourceResult:
             "images": str(self.images),
             "skipped": format_skipped(self.skipped),
             "errors": str(len(self.errors)),
+            "other_files": format_skipped(self.other),
+            "missing": str(self.missing),
         }
 
 
@@ -141,6 +162,8 @@ class StageResult:
     images: int = 0
     errors: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
+    other: collections.Counter = field(default_factory=collections.Counter)
+    missing: int = 0
 
     def add(self, result: SourceResult) -> None:
         """Count one source's result."""
@@ -149,6 +172,8 @@ class StageResult:
         self.images += result.images
         self.errors += len(result.errors)
         self.skipped.update(result.skipped)
+        self.other.update(result.other)
+        self.missing += result.missing
 
 
 def _one_line(text: str) -> str:
@@ -156,7 +181,7 @@ def _one_line(text: str) -> str:
 
 
 def format_skipped(skipped: dict[str, int]) -> str:
-    """Skipped protocols as 'AP Spine=1;LVA=1' (sorted by name)."""
+    """Counts by name as 'AP Spine=1;LVA=1' (sorted by name): skipped protocols, other files."""
     return ";".join(f"{name}={count}" for name, count in sorted(skipped.items()))
 
 
@@ -376,14 +401,54 @@ def convert_source(source: Source, workdir: Path, cfg: DicomConfig) -> SourceRes
             result.members = 1
             result.error(source.path, "", f"not {what} ({type(exc).__name__}: {exc})")
             return result
+        listed: dict[str, list[str]] = {}  # manifest name -> the files it lists
         for member in members:
             result.members += 1
             try:
+                name = _base_name(member)
+                if name.lower() in MANIFEST_NAMES and not member.problem:
+                    listed[name] = manifest_listing(_read_checked(member, int(cfg.max_member_mb * MB)))
+                    result.other[name] = result.other.get(name, 0) + 1
+                    continue
                 _convert_member(member, source, workdir, cfg, result, seen)
             except UnreadableDicom as exc:
                 result.error(member.file, member.name, str(exc))
+        present = {_base_name(member) for member in members}
+        for manifest, names in listed.items():
+            for name in sorted(set(names) - present):
+                result.error(source.path, name, f"listed in {manifest} but not in the {source.kind}")
+                result.missing += 1
     result.rows.sort(key=lambda r: r["Image"])
     return result
+
+
+def _base_name(member: _Member) -> str:
+    """A member's file name without folders (zip names use '/', some writers '\\')."""
+    return (member.name or os.path.basename(member.file)).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+# Dates such as "Jul 19, 2018" hold an unquoted comma in the real manifests (as the UK
+# Biobank cardiac tools found), which would shift the columns after them.
+_MANIFEST_DATE = re.compile(r"\b([A-Z][a-z]{2}) (\d{1,2}), (\d{4})\b")
+
+
+def manifest_listing(data: bytes) -> list[str]:
+    """The file names a manifest lists: its `filename` column, or else every cell that names a
+    .dcm file (file names without folders). Text that is not a CSV lists nothing."""
+    text = _MANIFEST_DATE.sub(r"\1 \2 \3", data.decode("utf-8", errors="replace"))
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    except csv.Error:
+        return []
+    if not rows:
+        return []
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "filename" in header:
+        column = header.index("filename")
+        cells = [row[column] for row in rows[1:] if len(row) > column]
+    else:
+        cells = [cell for row in rows for cell in row if cell.strip().lower().endswith(".dcm")]
+    return [name for name in (cell.strip().replace("\\", "/").rsplit("/", 1)[-1] for cell in cells) if name]
 
 
 # Sources converted between returns of freed memory to the system (hbr.memory), per
@@ -429,6 +494,8 @@ def _save_state(workdir: Path, source: Source, cfg: DicomConfig, result: SourceR
         "members": result.members,
         "images": result.images,
         "skipped": result.skipped,
+        "other": result.other,
+        "missing": result.missing,
     }
     write_text(_state_path(workdir, source), json.dumps(state, separators=(",", ":")))
 
@@ -452,6 +519,8 @@ def _load_state(
         members=state["members"],
         images=state["images"],
         skipped=state["skipped"],
+        other=state["other"],
+        missing=state["missing"],
     )
     for row in result.rows if check_images else ():
         image = row["Image"]
@@ -595,8 +664,7 @@ def run_stage(
     pending = [source for source in sources if _load_state(workdir, source, cfg) is None]
     outcome = StageResult(workdir=workdir, resumed=len(sources) - len(pending))
 
-    disable = None if progress else True  # None: a bar only on a terminal
-    with tqdm(total=len(sources), initial=outcome.resumed, desc=STAGE, unit="source", disable=disable) as bar:
+    with progress_counter(len(sources), STAGE, "sources", initial=outcome.resumed, enabled=progress) as bar:
 
         def record(source: Source, result: SourceResult) -> None:
             # The result is not kept here: the tables are rebuilt from the state files.
@@ -628,39 +696,53 @@ def run_stage(
 
 def describe(outcome: StageResult) -> str:
     """The one-paragraph summary printed at the end of a run."""
-    skipped = sum(outcome.skipped.values())
-    kinds = ", ".join(f"{count} {name}" for name, count in sorted(outcome.skipped.items()))
+    def counted(counts: collections.Counter) -> str:
+        kinds = ", ".join(f"{count} {name}" for name, count in sorted(counts.items()))
+        return f" ({kinds})" if kinds else ""
+
     w = outcome.workdir
+    other = sum(outcome.other.values())
+    others = f"{other} known non-image files{counted(outcome.other)}, " if other else ""
+    missing = f", {outcome.missing} listed in a manifest but missing" if outcome.missing else ""
     return (
         f"{STAGE}: {outcome.sources} sources ({outcome.resumed} already done earlier), "
         f"{outcome.members} members: {outcome.images} Total Body images decoded, "
-        f"{skipped} other images skipped{f' ({kinds})' if kinds else ''}, "
-        f"{outcome.errors} unreadable{f' (reasons in {w / ERRORS_FILE})' if outcome.errors else ''}. "
+        f"{sum(outcome.skipped.values())} other images skipped{counted(outcome.skipped)}, {others}"
+        f"{outcome.errors - outcome.missing} unreadable{missing}"
+        f"{f' (reasons in {w / ERRORS_FILE})' if outcome.errors else ''}. "
         f"Table: {w / TABLE_FILE}; per source: {w / SUMMARY_FILE}; "
         f"images: {w / NPY_DIR}/ and {w / PNG_DIR}/."
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Stage 1 options: --input."""
-    parser.add_argument(
-        "--input",
-        type=Path,
-        required=True,
-        help="folder of zips (also .dcm files and sub-folders of .dcm files), one zip, or one .dcm file",
-    )
+def check_some_images(outcome: StageResult, input_path: Path, protocol: str) -> None:
+    """HbrError when the input's files gave no image at all: the later stages would have
+    nothing to work on, and an exit status 0 would hide it (e.g. a folder of .txt files)."""
+    if outcome.images:
+        return
+    w = outcome.workdir
+    why = []
+    if outcome.errors:
+        why.append(f"{outcome.errors} unreadable, reasons in {w / ERRORS_FILE}")
+    if outcome.skipped:
+        why.append(f"{sum(outcome.skipped.values())} of other protocols, see {w / SUMMARY_FILE}")
+    if outcome.other:
+        why.append(f"{sum(outcome.other.values())} known non-image files")
+    raise HbrError(f"--input {input_path}: no {protocol} image in {outcome.members} file(s) tried "
+                   f"({'; '.join(why)})")
 
 
 def run(ctx: cli.Context) -> StageResult:
-    """Run stage 1 from the command line and print its summary."""
+    """Run stage 1 from the command line and print its summary; exit 1 when no image came out."""
     outcome = run_stage(ctx.options.input, ctx.workdir, ctx.cfg.dicom)
     print(describe(outcome))
+    check_some_images(outcome, ctx.options.input, ctx.cfg.dicom.protocol)
     return outcome
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point (1_dcm2img.py)."""
-    return cli.main(pipeline.stage(1), add_arguments, run, argv)
+    return cli.entry(pipeline.stage(1), argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ stages, and write the QC report to DIR/8_segment_result/report/.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from hbr.masks import box_from_mask, geometry_cells, geometry_columns, read_mask
 from hbr.parallel import map_in_order
 from hbr.phenotypes import compute_phenotypes, phenotype_columns
 from hbr.pipeline import DCM_TABLE, image_folders, mask_folder, result_dir, segment_table_path
+from hbr.progress import track
 
 STAGE = pipeline.stage(8)
 NAME = STAGE.name
@@ -206,9 +206,7 @@ def measure_background(
     jobs = (make_job(image, dcm_rows.get(image), segmented) for image in images)
     rows = measure_images(jobs, threshold, workers)
     if progress:
-        from tqdm import tqdm
-
-        rows = tqdm(rows, total=len(images), desc=f"{NAME} {bak}", unit="image", disable=None, file=sys.stderr)
+        rows = track(rows, len(images), f"{NAME} {bak}", "images")
     full_rows = ({**(dcm_rows.get(row["Image"]) or empty_dcm), **row} for row in rows)
     return segment_table_columns(dcm.columns), full_rows
 
@@ -227,15 +225,6 @@ def write_rows(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, s
 
 
 # --------------------------------------------------------------------------- stage
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Stage 8 options: the background, and whether to write the report."""
-    cli.add_background_argument(parser)
-    parser.add_argument("--no-report", dest="report", action="store_false", help="skip the HTML QC report")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="threads reading masks (0: one per CPU core, at most 4)"
-    )
 
 
 def default_workers() -> int:
@@ -280,5 +269,5 @@ def run(ctx: cli.Context) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of 8_cal_segment.py."""
-    return cli.main(STAGE, add_arguments, run, argv)
+    return cli.entry(STAGE, argv)
 

@@ -19,7 +19,7 @@ from hbr.devices import configure_threads, resolve_device, to_device_for_inferen
 from hbr.errors import HbrError
 from hbr.files import link_or_copy, list_images, remove_stale, write_json, write_tsv
 from hbr.models import CHECKPOINT_FORMAT, checkpoint_meta, model_from_checkpoint, read_checkpoint, save_checkpoint
-from hbr.pipeline import BACKGROUNDS, MODELS_DIR, STATE_DIR, image_folders, other_background, producer
+from hbr.pipeline import BACKGROUNDS, MODELS_DIR, SEGMENTER, STATE_DIR, image_folders, other_background, producer
 from hbr.resume import run_chunks
 from hbr.training import TrainResult
 
@@ -93,6 +93,7 @@ class Training:
     """
 
     settings: tuple
+    labels: Path  # the stage's own label file or LabelMe folder (see label_location)
     label_files: Callable[[], list[Path]]
     train_into: Callable[[Path, str, torch.device], None]
     # model files of the other background that may hold this very model (black and white
@@ -110,7 +111,8 @@ class Prediction:
 
     columns: list[str]
     version: str
-    predict_chunk: Callable[[Any, dict, Path, list[str], torch.device], pd.DataFrame]
+    # (model, meta, npy_dir, chunk, device, advance): advance(n) counts images done (hbr.resume)
+    predict_chunk: Callable[[Any, dict, Path, list[str], torch.device, Callable[[int], None]], pd.DataFrame]
     finish: Callable[[pd.DataFrame], None]
     empty_folders: Callable[[], list[Path]]  # output folders emptied when there is no input image
 
@@ -138,7 +140,8 @@ def run_model_stage(ctx: Context, training: Training, prediction: Prediction) ->
     model, meta = loaded
     table = run_chunks(
         ids, ctx.workdir / STATE_DIR / ctx.run_name, f"{meta['config_hash']}-{prediction.version}",
-        ctx.cfg.predict.chunk_size, lambda chunk: prediction.predict_chunk(model, meta, npy_dir, chunk, device),
+        ctx.cfg.predict.chunk_size,
+        lambda chunk, advance: prediction.predict_chunk(model, meta, npy_dir, chunk, device, advance),
         desc=ctx.run_name,
     )
     write_tsv(table_path, table)
@@ -212,6 +215,8 @@ def obtain_model(ctx: Context, training: Training, device: torch.device):
         if not path.is_file():
             raise HbrError(f"no model at {path}; train it first (--mode train) or give --models DIR")
     else:
+        if not training.labels.exists():
+            raise HbrError(missing_labels_message(ctx, training.labels, path))
         wanted = config_hash(*training.settings, files_digest(training.label_files()))
         ckpt, why = (None, "asked") if mode == "train" else _current_checkpoint(path, wanted)
         if ckpt is None and mode != "train":
@@ -226,6 +231,27 @@ def obtain_model(ctx: Context, training: Training, device: torch.device):
     if ckpt is None:  # predicting with given models, or just trained
         ckpt = read_checkpoint(path)
     return _build_in_background(ckpt, path, device, ctx.cfg.runtime), checkpoint_meta(ckpt)
+
+
+LABELLING_SECTION = "Labelling your own scans"  # the README section on making labels
+
+
+def missing_labels_message(ctx: Context, labels: Path, model: Path) -> str:
+    """What a first run without labels or models needs (one line): which label file is
+    missing, and the two ways on: label with the labelling tools, or give --models."""
+    stage, workdir = ctx.stage, ctx.workdir
+    which = f"{stage.number} {ctx.options.background}" if stage.per_background else f"{stage.number}"
+    folder = labels.parent
+    pick = f"python -m hbr.labelling.pick {which} --workdir {workdir}"
+    if stage.kind == SEGMENTER:
+        make = f"{pick}, then draw the landmarks in LabelMe into {labels}/"
+    else:
+        make = f"{pick}, then python -m hbr.labelling.page --workdir {workdir} --labels {folder}"
+    if model.is_file():  # not a first run: the labels were moved, or --labels points elsewhere
+        return (f"no labels: {labels} not found, so the model at {model} cannot be checked against them; "
+                "give --labels, or predict with that model: --mode predict")
+    return (f"no labels: {labels} not found and no trained model in {model.parent}. Either label your scans: "
+            f"{make} (README.md, '{LABELLING_SECTION}'); or predict with trained models: --models DIR")
 
 
 def _build_in_background(ckpt: dict, path: Path, device: torch.device, runtime: RuntimeConfig) -> Future:

@@ -30,6 +30,7 @@ from hbr.masks import box_from_mask
 from hbr.models import create_model
 from hbr.pipeline import mask_folder, other_background, total_body_npy
 from hbr.prediction import predict_batches
+from hbr.stages.background import BackgroundCheck
 from hbr.stages.model_stage import (
     Prediction,
     Training,
@@ -129,22 +130,25 @@ def training_label_files(folder: Path, shared: Optional[Path]) -> list[Path]:
 def read_training_labels(ctx: Context, folder: Path, shared: Optional[Path]) -> list[LabelledImage]:
     """The labelled images of a U-Net: those of `folder`, plus those of `shared` (the other
     background's folder, see shared_label_folder), all in the polarity the U-Net trains in
-    (see model_stage.training_polarity)."""
+    (see model_stage.training_polarity); a file of an image of the other background is
+    taken in its true polarity and reported (see background.BackgroundCheck)."""
     if not labelme_files(folder):
         raise HbrError(f"{folder}: no LabelMe .json files")
     bg, bak = ctx.cfg.background, ctx.options.background
     polarity = training_polarity(bak, shared is not None)
+    check = BackgroundCheck(bg)
 
-    def in_polarity(items: list[LabelledImage], of: str) -> list[LabelledImage]:
-        return items if of == polarity else [replace(x, image=swap_background(x.image, bg.black, bg.white))
-                                             for x in items]
+    def in_polarity(items: list[LabelledImage], listed: str, source: Path) -> list[LabelledImage]:
+        return [x if check(x.image, listed, x.source.name, source) == polarity
+                else replace(x, image=swap_background(x.image, bg.black, bg.white)) for x in items]
 
-    items = in_polarity(_read_labelme_folder(folder, ctx.workdir), bak)
+    items = in_polarity(_read_labelme_folder(folder, ctx.workdir), bak, folder)
     if shared is not None:
-        extra = in_polarity(_read_labelme_folder(shared, ctx.workdir), other_background(bak))
+        extra = in_polarity(_read_labelme_folder(shared, ctx.workdir), other_background(bak), shared)
         print(f"{shared}: {len(extra)} images of the other background added; black and white share one "
               f"U-Net, trained in {polarity} polarity (segmenter.share_backgrounds)")
         items += extra
+    check.report()
     min_images = ctx.cfg.segmenter.train.min_images
     if len(items) < min_images:
         pooled = f" with those of {shared}" if shared is not None else ""
@@ -194,8 +198,10 @@ def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path]) -> Call
     return train_into
 
 
-def segment_images(model, meta, ctx: Context, npy_dir: Path, ids: list[str], wanted: tuple[str, ...], device) -> pd.DataFrame:
-    """Write the masks of `wanted` landmarks for a batch of images; one status row per image."""
+def segment_images(model, meta, ctx: Context, npy_dir: Path, ids: list[str], wanted: tuple[str, ...], device,
+                   advance: Callable[[int], None] = lambda n: None) -> pd.DataFrame:
+    """Write the masks of `wanted` landmarks for a batch of images; one status row per image;
+    `advance(n)` counts each finished batch (progress)."""
     bak = ctx.options.background
     prep = prediction_preprocess(ctx, meta)
     channels = [meta["task"]["landmarks"].index(n) for n in wanted]
@@ -225,6 +231,7 @@ def segment_images(model, meta, ctx: Context, npy_dir: Path, ids: list[str], wan
     for batch_rows in predict_batches(model, PredictionSet(paths, prep), p.segmenter_batch_size, p.workers, device,
                                       ctx.cfg.runtime, postprocess=torch.sigmoid, finish=write_batch):
         rows += batch_rows
+        advance(len(batch_rows))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -237,6 +244,7 @@ def run(ctx: Context) -> None:
     s = ctx.cfg.segmenter
     training = Training(
         settings=(STAGE.name, training_values(s), ctx.cfg.canvas, ctx.cfg.background),
+        labels=folder,
         label_files=lambda: training_label_files(folder, shared),
         train_into=_train_segmenter(ctx, folder, shared),
         shared_with=shared_model_files(ctx, shared is not None),
@@ -253,20 +261,13 @@ def run(ctx: Context) -> None:
 
     prediction = Prediction(
         columns=COLUMNS, version=f"{'-'.join(wanted)}-{int(s.save_npy)}-{s.mask_floor}",
-        predict_chunk=lambda model, meta, npy_dir, chunk, device: segment_images(
-            model, meta, ctx, npy_dir, chunk, wanted, device),
+        predict_chunk=lambda model, meta, npy_dir, chunk, device, advance: segment_images(
+            model, meta, ctx, npy_dir, chunk, wanted, device, advance),
         finish=finish, empty_folders=lambda: [mask_folder(ctx.workdir, name, bak) for name in wanted],
     )
     run_model_stage(ctx, training, prediction)
 
 
-def add_arguments(parser) -> None:
-    """Stage 7 options: background, optional landmark names, model options."""
-    cli.add_background_argument(parser)
-    cli.add_landmark_argument(parser)
-    cli.add_model_arguments(parser)
-
-
 def main(argv=None) -> int:
     """Command line of stage 7."""
-    return cli.main(STAGE, add_arguments, run, argv)
+    return cli.entry(STAGE, argv)
