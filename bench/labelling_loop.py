@@ -91,6 +91,7 @@ import sys
 import tempfile
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -101,6 +102,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hbr import evaluate, pipeline  # noqa: E402
+import runlog  # noqa: E402  (bench/runlog.py, beside this script)
+from runlog import append_result, stage_args  # noqa: E402
+
+PROG = "labelling_loop"
+run_script = partial(runlog.run_script, prog=PROG)
+read_results = partial(runlog.read_results, prog=PROG)
 from hbr.config import load_config  # noqa: E402
 from hbr.files import link_or_copy, list_images, read_tsv, write_json, write_text, write_tsv, write_tsv_rows  # noqa: E402
 from hbr.labelling.pick import PICK_COLUMNS, pick  # noqa: E402
@@ -130,62 +137,6 @@ def git_commit() -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def read_results(path: Path) -> list[dict]:
-    """The finished rounds' lines (a torn last line of a killed run is ignored)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"labelling_loop: {path}: skipping an unreadable line (a run stopped while writing it?)")
-    return records
-
-
-def append_result(path: Path, record: dict) -> None:
-    """Append one round's line in one write, flushed: a kill leaves whole lines only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def run_script(script: str, args: list[str], log: Path) -> float:
-    """Run a stage script of the repository with this Python in its own process group, output to
-    `log`; the seconds it took. Exits with the log's tail when the stage fails.
-
-    On an interrupt (Ctrl-C, or SIGTERM, see main) the whole group is killed, so a stopped
-    benchmark leaves no stage running (stage 1's readers are processes of their own).
-    """
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(REPO_ROOT / script), *args]
-    start = time.perf_counter()
-    with open(log, "w") as fh:
-        fh.write(" ".join(command) + "\n")
-        fh.flush()
-        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
-        try:
-            code = proc.wait()
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-    if code != 0:
-        tail = "\n".join(log.read_text().splitlines()[-12:])
-        sys.exit(f"labelling_loop: {script} {' '.join(args[:3])} failed (exit {code}; log {log}):\n{tail}")
-    return time.perf_counter() - start
-
-
-def stage_args(args: argparse.Namespace, workdir: Path) -> list[str]:
-    """Options every stage takes: work directory, config, device and overrides."""
-    out = ["--workdir", str(workdir), "--config", str(args.config), "--device", args.device]
-    for override in args.set:
-        out += ["--set", override]
-    return out
 
 
 def per_stage(values: Optional[list[int]], stages: list[int], defaults: dict[int, int], name: str) -> dict[int, int]:

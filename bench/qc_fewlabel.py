@@ -62,6 +62,7 @@ import tempfile
 import time
 import warnings
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -72,6 +73,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hbr import evaluate, pipeline  # noqa: E402
+import runlog  # noqa: E402  (bench/runlog.py, beside this script)
+from runlog import append_result, stage_args  # noqa: E402
+
+PROG = "qc_fewlabel"
+run_script = partial(runlog.run_script, prog=PROG)
+read_results = partial(runlog.read_results, prog=PROG)
 from hbr.files import link_or_copy, write_json, write_text, write_tsv  # noqa: E402
 from hbr.ledger import read_table  # noqa: E402
 from hbr.phantom import QC_DEFECTS, VARIANTS, generate, label_tables  # noqa: E402
@@ -108,54 +115,6 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def read_results(path: Path) -> list[dict]:
-    """The finished cells' lines (a torn last line of a killed run is ignored)."""
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"qc_fewlabel: {path}: skipping an unreadable line (a run stopped while writing it?)")
-    return lines
-
-
-def append_result(path: Path, record: dict) -> None:
-    """Append one cell's line; one write of a whole line, flushed, so a kill leaves whole lines."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def run_script(script: str, args: list[str], log: Path) -> float:
-    """Run a stage script of the repository with this Python; its output to `log`; seconds.
-
-    Exits with the log's tail when the stage fails: a cell with a failed stage is not scored.
-    """
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(REPO_ROOT / script), *args]
-    start = time.perf_counter()
-    with open(log, "w") as fh:
-        fh.write(" ".join(command) + "\n")
-        fh.flush()
-        code = subprocess.call(command, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    if code != 0:
-        tail = "\n".join(log.read_text().splitlines()[-12:])
-        sys.exit(f"qc_fewlabel: {script} {' '.join(args[:1])} failed (exit {code}; log {log}):\n{tail}")
-    return time.perf_counter() - start
-
-
-def common_args(args: argparse.Namespace, workdir: Path) -> list[str]:
-    """Options every stage takes: work directory, config, device and overrides."""
-    out = ["--workdir", str(workdir), "--config", str(args.config), "--device", args.device]
-    for override in args.set:
-        out += ["--set", override]
-    return out
-
-
 def link_images(ids, source: Path, target: Path) -> None:
     """Hard-link the npy of `ids` from `source` into `target` (a stage's input folder)."""
     target.mkdir(parents=True, exist_ok=True)
@@ -178,7 +137,7 @@ def prepare_set(args: argparse.Namespace, variant: str, seed: int, root: Path) -
                            train_share=args.train_share)
         made = time.perf_counter() - start
         seconds = run_script(pipeline.stage(1).script, ["--input", str(root / "phantom" / "zips"),
-                                                         *common_args(args, stage1)], root / "logs" / "stage1.log")
+                                                         *stage_args(args, stage1)], root / "logs" / "stage1.log")
         print(f"  set {variant} seed {seed}: phantom of {summary.zips} participants in {made:.0f} s "
               f"({summary.counts}); stage 1 in {seconds:.0f} s")
         write_json(marker, wanted)
@@ -208,7 +167,7 @@ def background_decisions(args: argparse.Namespace, set_root: Path, truth: pd.Dat
     if not table.exists():
         link_images(good_held_out_bone(truth)["Image"], pipeline.total_body_npy(set_root / "stage1"),
                     pipeline.image_folders(work, stage.input())[0])
-        run_script(stage.script, common_args(args, work), set_root / "logs" / "stage4_good.log")
+        run_script(stage.script, stage_args(args, work), set_root / "logs" / "stage4_good.log")
     return read_table(table, ["Image", "decision"])
 
 
@@ -260,7 +219,7 @@ def train_models(args: argparse.Namespace, cell: Path, set_root: Path, key: str)
         done = work / pipeline.MODELS_DIR / run / "bench_trained.json"
         if not (done.exists() and json.loads(done.read_text()).get("settings") == key):
             took = run_script(stage.script, [*([bak] if bak else []), "--mode", "train", "--labels",
-                                             str(cell / "labels"), *common_args(args, work)],
+                                             str(cell / "labels"), *stage_args(args, work)],
                               cell / "logs" / f"train_{run}.log")
             write_json(done, {"settings": key, "seconds": round(took, 1)})
             print(f"    trained {run} in {took:.0f} s")
@@ -282,7 +241,7 @@ def predict_clean(args: argparse.Namespace, cell: Path, set_root: Path, truth: p
             link_images(ids, pipeline.total_body_npy(set_root / "stage1"),
                         pipeline.image_folders(work, stage.input(bak))[0])
             seconds += run_script(stage.script, [*([bak] if bak else []), "--mode", "predict", "--models", str(models),
-                                                 *common_args(args, work)], cell / "logs" / f"predict_{run}.log")
+                                                 *stage_args(args, work)], cell / "logs" / f"predict_{run}.log")
         tables[run] = read_table(table_path, ["Image", "prob", "decision"])
         if len(tables[run]) != len(ids):
             sys.exit(f"qc_fewlabel: {table_path} lists {len(tables[run])} images, not the {len(ids)} it was given")
