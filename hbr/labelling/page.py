@@ -52,7 +52,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 def qc_stages() -> list[Stage]:
     """The classifier (QC) stages in chain order: 2, 3, 5, 6."""
-    return sorted((s for s in pipeline.STAGES if s.kind == pipeline.CLASSIFIER), key=lambda s: s.number)
+    return list(pipeline.CLASSIFIERS.values())  # the registry lists stages in order
 
 
 def kind_stage(kind: str) -> Stage:
