@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-browser bench env clean
+.PHONY: demo test test-browser test-slurm bench env clean
 
 env: $(VENV)/.installed
 
@@ -21,7 +21,7 @@ demo: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash 0_pipeline.sh --demo --workdir demo_work
 
 test: env
-	$(BIN)/python -m pytest -q tests --ignore=tests/browser
+	$(BIN)/python -m pytest -q tests --ignore=tests/browser --ignore=tests/slurm
 
 # The labelling page in a real headless browser: installs Debian's chromium when it is
 # missing (needs root and the package registries, as in CI) and playwright into .venv.
@@ -29,6 +29,12 @@ test-browser: env
 	bash scripts/install_browser.sh
 	$(BIN)/pip install --quiet -r requirements-browser.txt
 	$(BIN)/python -m pytest -q tests/browser
+
+# slurm/submit.sh on a real single-node SLURM started for the test: installs Debian's
+# slurm-wlm and munge when they are missing (needs root and the package registries, as in CI).
+test-slurm: env
+	bash scripts/install_slurm.sh
+	$(BIN)/python -m pytest -q tests/slurm
 
 bench: env
 	$(BIN)/python bench/run.py

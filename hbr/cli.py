@@ -21,6 +21,8 @@ from hbr import __version__
 from hbr.errors import HbrError
 from hbr.landmarks import LANDMARKS
 from hbr.pipeline import BACKGROUNDS, DICOM, LOGS_DIR, MEASURE, SEGMENTER, Stage, stage as registry_stage
+from hbr import shards
+from hbr.shards import Shard, parse_shard
 
 if TYPE_CHECKING:
     from hbr.config import Config
@@ -43,6 +45,7 @@ class Options:
     input: Optional[Path] = None  # stage 1: --input
     workers: int = 0  # stage 8: threads reading masks (0: automatic)
     report: bool = True  # stage 8: write the HTML report
+    shard: Optional[Shard] = None  # --shard: work on this shard of the input, in its own folder
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,14 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
         help="override a config key, e.g. classifier.train.epochs=5 (repeatable)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        metavar="I/N",
+        help="work on shard I of N (from 0) of the input, in WORKDIR/shards/I_of_N; N alone takes I from "
+        "SLURM_ARRAY_TASK_ID. Needs --models; merge with `python -m hbr.shards merge`",
+    )
     return parser
 
 
@@ -176,6 +187,8 @@ def make_context(stage: Stage, args: argparse.Namespace) -> Context:
 
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir.resolve()
+    if args.shard is not None:
+        workdir = args.shard.folder(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(stage=stage, workdir=workdir, cfg=cfg, device=args.device, options=options_from(args))
     write_text(workdir / LOGS_DIR / f"{ctx.run_name}.config.yaml", dump_config(cfg))
@@ -236,7 +249,12 @@ def entry(key: int | str | Stage, argv: Optional[Sequence[str]] = None) -> int:
 
     def run() -> object:
         ctx = make_context(stage, args)  # a config error is reported before torch loads
-        return importlib.import_module(stage.module).run(ctx)
+        if ctx.options.shard is not None:
+            shards.begin_stage(ctx)
+        result = importlib.import_module(stage.module).run(ctx)
+        if ctx.options.shard is not None:
+            shards.finish_stage(ctx)
+        return result
 
     status, _ = call_reporting_errors(stage.name, run, "; re-run to continue where it stopped")
     return status

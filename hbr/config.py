@@ -34,16 +34,20 @@ class ConfigError(HbrError):
 
 
 PREDICT_ONLY = "predict_only"
+MACHINE = "machine"
 MEANING = "meaning"
 
 
-def key(default: Any, meaning: str, predict: bool = False) -> Any:
+def key(default: Any, meaning: str, predict: bool = False, machine: bool = False) -> Any:
     """A config key: its default and a one-line meaning (written into configs/default.yaml).
 
     `predict=True` marks a key that changes what a trained model's outputs become, not the
     model: a change to it never makes a stage retrain (see training_values).
+    `machine=True` marks a key that says how the work is spread over this machine (workers,
+    batch sizes, threads, precision), not what the results are: shards of one run may differ
+    in it (see result_values).
     """
-    return field(default=default, metadata={MEANING: meaning, PREDICT_ONLY: predict})
+    return field(default=default, metadata={MEANING: meaning, PREDICT_ONLY: predict, MACHINE: machine})
 
 
 # The type of a `pretrained` key: False (from scratch), True (ImageNet weights from the local
@@ -89,11 +93,26 @@ def training_values(section: Any) -> dict:
     return values
 
 
+def result_values(section: Any, prefix: str = "") -> dict[str, Any]:
+    """The keys of a config (section) that decide the results, flat by dotted name: every key
+    except those marked machine=True, so a new key counts unless it is marked."""
+    values = {}
+    for f in dataclasses.fields(section):
+        if f.metadata.get(MACHINE):
+            continue
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            values.update(result_values(value, f"{prefix}{f.name}."))
+        else:
+            values[f"{prefix}{f.name}"] = value
+    return values
+
+
 @dataclass(frozen=True)
 class DicomConfig:
     protocol: str = key("Total Body", "ProtocolName (0018,1030) of the images to decode")
     max_member_mb: float = key(64.0, "a zip member inflating beyond this many MB is refused (zip bomb)")
-    workers: int = key(2, "processes reading zips in parallel (0 = in the stage's own process)")
+    workers: int = key(2, "processes reading zips in parallel (0 = in the stage's own process)", machine=True)
 
 
 @dataclass(frozen=True)
@@ -131,7 +150,7 @@ class TrainConfig:
     val_fraction: float = key(0.2, "share of the labelled images held out for validation (the U-Net; the "
                                    "classifiers score out of fold instead, see classifier.folds)")
     seed: int = key(0, "seed of the split, the initial weights and the augmentation")
-    workers: int = key(2, "DataLoader worker processes")
+    workers: int = key(2, "DataLoader worker processes", machine=True)
     time_limit_min: float = key(0.0, "stop after this many minutes (0 = no limit); the best epoch is kept")
     min_images: int = key(10, "refuse to train on fewer labelled images")
 
@@ -216,11 +235,12 @@ class SegmenterConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    batch_size: int = key(16, "classifier batch size")
+    batch_size: int = key(16, "classifier batch size", machine=True)
     # on a CPU each of the two prediction lanes holds one batch's activations
-    segmenter_batch_size: int = key(16, "U-Net batch size (stage 7)")
-    workers: int = key(2, "DataLoader workers (0 on a CPU: two prediction lanes in threads)")
-    chunk_size: int = key(1024, "images per resumable chunk: a re-run after a kill redoes at most one chunk")
+    segmenter_batch_size: int = key(16, "U-Net batch size (stage 7)", machine=True)
+    workers: int = key(2, "DataLoader workers (0 on a CPU: two prediction lanes in threads)", machine=True)
+    chunk_size: int = key(1024, "images per resumable chunk: a re-run after a kill redoes at most one chunk",
+                          machine=True)
 
 
 # CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic. Without them oneDNN
@@ -248,8 +268,9 @@ def this_cpu_has_native_bf16() -> bool:
 @dataclass(frozen=True)
 class RuntimeConfig:
     cpu_bf16: bool = field(default_factory=this_cpu_has_native_bf16, metadata={
-        MEANING: "bfloat16 autocast + channels_last on CPU; auto = where the CPU has native bfloat16"})
-    threads: int = key(0, "torch intra-op threads (0 = torch default)")
+        MEANING: "bfloat16 autocast + channels_last on CPU; auto = where the CPU has native bfloat16",
+        MACHINE: True})
+    threads: int = key(0, "torch intra-op threads (0 = torch default)", machine=True)
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,8 @@ def stage1_note(state: RunState) -> str:
     missing = min(totals["missing"], errors)
     removed = f"{errors - missing} unreadable files" + (f" + {missing} listed in a manifest but missing"
                                                         if missing else "")
+    if state.errors is None:
+        removed = "not known, no"
     return (f"kept = Total Body images in {DCM_TABLE}; removed = {removed} ({ERRORS_TABLE}); not counted: "
             f"{totals['skipped']} images of other protocols, {totals['other_files']} known non-image files "
             f"(manifest; {SUMMARY_TABLE})")
@@ -313,7 +315,7 @@ def funnel(state: RunState) -> pd.DataFrame:
             "",
             len(state.dcm) + (state.errors or 0),
             len(state.dcm),
-            state.errors,
+            state.errors or 0,
             stage1_note(state),
         )
     ]
@@ -506,8 +508,13 @@ def funnel_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def rebuild_results(workdir: Path, report: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Rewrite hbr_table.tsv (and the report) from the tables on disk; (hbr_table, funnel, accounting problems)."""
+def rebuild_results(
+    workdir: Path, report: bool = True, image_dirs: Optional[Sequence[Path]] = None
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Rewrite hbr_table.tsv (and the report) from the tables on disk; (hbr_table, funnel, accounting problems).
+
+    The report's example pictures come from `image_dirs` (default: the run's own
+    1_Total_Body_png; a merged run's are in its shards)."""
     state = load_run_state(workdir)
     hbr = build_hbr_table(state)
     write_tsv(result_dir(workdir) / HBR_TABLE, hbr)
@@ -517,6 +524,7 @@ def rebuild_results(workdir: Path, report: bool = True) -> tuple[pd.DataFrame, p
     if report:
         from hbr.report import write_report  # matplotlib is imported only when a report is wanted
 
-        write_report(result_dir(workdir) / "report", hbr, stages, image_folders(workdir, TOTAL_BODY)[1], problems)
+        folders = [image_folders(workdir, TOTAL_BODY)[1]] if image_dirs is None else image_dirs
+        write_report(result_dir(workdir) / "report", hbr, stages, folders, problems)
     return hbr, stages, problems
 

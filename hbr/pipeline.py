@@ -105,6 +105,8 @@ MASK_FOLDER = "7_segment_predicted_{landmark}_{bak}"
 MODELS_DIR = "models"
 LOGS_DIR = "logs"
 STATE_DIR = ".state"
+SHARDS_DIR = "shards"  # a sharded run's shards, each a work directory of its own
+SHARD_MAP = "shard_map.tsv"  # a merged run: the shard of every source and image
 
 STAGES: tuple[Stage, ...] = (
     Stage(1, "1_dcm2img", DICOM, "hbr.stages.dcm2img",
@@ -203,6 +205,20 @@ def run_order() -> Iterator[tuple[Stage, Optional[str]]]:
     yield from ((s, None) for s in shared)
     for bak in BACKGROUNDS:
         yield from ((s, bak) for s in per_bak)
+
+
+def run_tables() -> list[tuple[str, Stage]]:
+    """(file name, stage) of every table a whole run writes, relative to the work directory,
+    in the order the stages write them (hbr_table.tsv, rebuilt from these, is not among them)."""
+    first = stage(1)
+    tables = [(DCM_TABLE, first), (ERRORS_TABLE, first), (SUMMARY_TABLE, first)]
+    seen = {DCM_TABLE}
+    for s, bak in run_order():
+        name = s.table_name(bak)
+        if name not in seen:  # stage 4 runs once for both backgrounds
+            seen.add(name)
+            tables.append((name, s))
+    return tables
 
 
 def plan_lines() -> list[str]:

@@ -46,16 +46,22 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
     )
 
 
-def _forward(model, batch: Sequence, device, runtime, postprocess) -> tuple[torch.Tensor, list]:
-    """One collated batch through the model (waited for if still a Future): (contiguous
-    float32 outputs on the CPU, the other fields)."""
+def _forward(model, batch: Sequence, device, runtime, postprocess, batch_size: int) -> tuple[torch.Tensor, list]:
+    """One collated batch through the model (waited for if still a Future), padded to
+    `batch_size` images: (contiguous float32 outputs on the CPU, the other fields)."""
     if isinstance(model, Future):
         model = model.result()
     x, rest = batch[0], list(batch[1:])
+    n = len(x)
+    if n < batch_size:
+        # The kernels (oneDNN, cuDNN) are chosen by the batch's size, and their sums run in
+        # another order for another size: padded, an image's output does not depend on how
+        # many images share its batch, so a sharded run predicts the same bits as one run.
+        x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
     # inference mode and autocast are per thread, so each lane enters them itself
     with torch.inference_mode():
         with autocast(device, runtime):
-            out = model(batch_to_device(x, device, runtime))
+            out = model(batch_to_device(x, device, runtime))[:n]
         out = out.float()
         if postprocess is not None:
             out = postprocess(out)
@@ -84,7 +90,9 @@ def predict_batches(
     `finish` is the batch's CPU work after the model (e.g. writing masks): it runs in
     the batch's lane on a CPU, and in threads beside the next forward pass otherwise.
     With `workers` = 0 on a CPU the batches run in lanes (see the module docstring);
-    the outputs are the same, bit for bit, and in the same order either way.
+    the outputs are the same, bit for bit, and in the same order either way. A short batch
+    (the last one) is padded to `batch_size`: an image's outputs are the same bits whichever
+    images share its batch.
     """
     if not isinstance(model, Future):
         model.eval()
@@ -94,7 +102,7 @@ def predict_batches(
 
         def lane(start: int):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            result = done(*_forward(model, default_collate(items), device, runtime, postprocess))
+            result = done(*_forward(model, default_collate(items), device, runtime, postprocess, batch_size))
             release()
             return result
 
@@ -102,7 +110,7 @@ def predict_batches(
         yield from in_order((partial(lane, start) for start in starts), CPU_LANES, "hbr-lane")
         return
     batches = iter(make_loader(dataset, batch_size, workers, device, shuffle=False))  # workers start now
-    predicted = (_forward(model, batch, device, runtime, postprocess) for batch in batches)
+    predicted = (_forward(model, batch, device, runtime, postprocess, batch_size) for batch in batches)
     if finish is None:
         yield from predicted
     else:

@@ -212,12 +212,14 @@ def pick_examples(measured: pd.DataFrame, n: int = EXAMPLES) -> pd.DataFrame:
     return pool.iloc[positions]
 
 
-def write_examples(examples: pd.DataFrame, image_dir: Path, out_dir: Path) -> list[tuple[str, pd.Series]]:
-    """Draw the examples into out_dir (removing older ones); [(file name, row)] of those drawn."""
+def write_examples(examples: pd.DataFrame, image_dirs: Sequence[Path], out_dir: Path) -> list[tuple[str, pd.Series]]:
+    """Draw the examples into out_dir (removing older ones); [(file name, row)] of those drawn.
+    Each image is taken from the first of `image_dirs` that has it."""
     drawn = []
     for _, row in examples.iterrows():
-        path = image_dir / f"{row['Image']}.png"
-        grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+        paths = (folder / f"{row['Image']}.png" for folder in image_dirs)
+        path = next((p for p in paths if p.is_file()), None)
+        grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path is not None else None
         if grey is None:
             continue  # the page says how many could not be drawn
         name = f"{row['Image']}.png"
@@ -273,17 +275,18 @@ def write_report(
     report_dir: str | Path,
     hbr_table: pd.DataFrame,
     funnel: pd.DataFrame,
-    image_dir: str | Path,
+    image_dirs: Sequence[str | Path],
     problems: Sequence[str] = (),
     n_examples: int = EXAMPLES,
 ) -> Path:
     """Write index.html, funnel.png, distributions.png, examples/*.png and failed_landmarks.tsv; return index.html.
 
     `hbr_table` is the whole-run table (text cells), `funnel` the per-stage counts of
-    `hbr.ledger.funnel`, `image_dir` the original PNGs (1_Total_Body_png),
+    `hbr.ledger.funnel`, `image_dirs` the folders of the original PNGs (1_Total_Body_png; one per
+    shard of a merged run),
     `problems` the accounting check's lines.
     """
-    report_dir, image_dir = Path(report_dir), Path(image_dir)
+    report_dir, image_dirs = Path(report_dir), [Path(folder) for folder in image_dirs]
     report_dir.mkdir(parents=True, exist_ok=True)
     measured = hbr_table[hbr_table["excluded_by"] == "none"]
     incomplete = measured[measured["status"] != "ok"]
@@ -292,7 +295,7 @@ def write_report(
     has_funnel = funnel_chart(funnel, report_dir / "funnel.png")
     has_distributions = distributions_chart(measured, report_dir / "distributions.png")
     examples = pick_examples(measured, n_examples)
-    drawn = write_examples(examples, image_dir, report_dir / "examples")
+    drawn = write_examples(examples, image_dirs, report_dir / "examples")
     failed = incomplete.assign(_order=~incomplete["status"].str.contains("missing:", regex=False))
     failed = failed.sort_values(["_order", "Image"])[["Image", "background", "status"]]
     write_tsv(report_dir / "failed_landmarks.tsv", failed)

@@ -305,6 +305,16 @@ def test_background_without_images_gives_an_empty_table(run_copy):
     assert len(hbr) == len(IMAGES) and ledger.check_accounting(run_copy) == []
 
 
+def test_run_without_an_errors_table_is_measured(run_copy, capsys):
+    """A work directory whose stage 1 left no 1_errors.tsv (an older run, a table deleted by
+    hand): stage 8 measures and says that the removed count is not known."""
+    (run_copy / "1_errors.tsv").unlink()
+    assert stage.main(["black", "--workdir", str(run_copy), "--no-report", "--workers", "1"]) == 0
+    funnel = capsys.readouterr().out
+    assert "removed = not known, no (1_errors.tsv)" in funnel, funnel
+    assert len(segment_rows(run_copy)) == 2
+
+
 def test_bad_masks_are_reported_not_fatal(run_copy):
     (run_copy / "7_segment_predicted_head_black" / "A_12.png").write_bytes(b"not a png")
     write_png(run_copy / "7_segment_predicted_hip_left_black" / "A_12.png", np.zeros((10, 10), np.uint8))

@@ -237,6 +237,37 @@ print(sum(len(o) for o in out))
     assert done.stdout.strip() == "4"
 
 
+def batched(model, x: torch.Tensor, size: int) -> torch.Tensor:
+    """The model's outputs for `x` in batches of `size`, the last one padded to it."""
+    with torch.no_grad():
+        outs = []
+        for i in range(0, len(x), size):
+            part = x[i : i + size]
+            padded = torch.cat([part, part.new_zeros((size - len(part), *part.shape[1:]))])
+            outs.append(model(padded)[: len(part)])
+        return torch.cat(outs)
+
+
+def test_an_image_gets_the_same_bits_whichever_images_share_its_batch():
+    """The last image of a run alone, or beside others: the same outputs, bit for bit (the
+    short batch is padded), so a sharded run predicts exactly what one machine does."""
+    from hbr.prediction import predict_batches
+
+    torch.manual_seed(0)
+    model = create_model({"kind": "classifier", "arch": "resnet18", "num_outputs": 2}).eval()
+    x = torch.randn(5, 1, 64, 64)
+    runtime = RuntimeConfig(cpu_bf16=False)
+
+    def outputs(indices):
+        items = [(x[i], i) for i in indices]
+        return torch.cat([out for out, _ in predict_batches(model, items, 4, 0, torch.device("cpu"), runtime)])
+
+    everything = outputs(range(5))  # 4 + 1
+    assert torch.equal(outputs([4]), everything[4:])
+    assert torch.equal(outputs([3, 4]), everything[3:])
+    assert torch.equal(outputs([0, 4, 2]), everything[[0, 4, 2]])
+
+
 def test_cpu_lanes_give_the_batches_of_one_loop_in_order():
     """workers=0 on a CPU predicts in lanes (threads): same outputs, same order, all items once."""
     from hbr.prediction import CPU_LANES, predict_batches
@@ -256,9 +287,7 @@ def test_cpu_lanes_give_the_batches_of_one_loop_in_order():
     got = list(predict_batches(model, Items(), 2, 0, torch.device("cpu"), runtime))
     assert len(got) == 6 > CPU_LANES + 1  # more batches than lanes: results wait in order
     assert torch.cat([rest[0] for _, rest in got]).tolist() == list(range(11))
-    with torch.no_grad():
-        expected = torch.cat([model(x[i : i + 2]) for i in range(0, 11, 2)])
-    assert torch.equal(torch.cat([out for out, _ in got]), expected)
+    assert torch.equal(torch.cat([out for out, _ in got]), batched(model, x, 2))
     first = next(iter(predict_batches(model, Items(), 2, 0, torch.device("cpu"), runtime)))  # stopped early
     assert first[1][0].tolist() == [0, 1]
 
@@ -298,8 +327,7 @@ def test_prediction_waits_for_a_model_still_being_built(tmp_path: Path, workers)
     with ThreadPoolExecutor(1) as pool:
         building = pool.submit(lambda: model_from_checkpoint(read_checkpoint(path), path))
         got = torch.cat([out for out, _ in predict_batches(building, items, 2, workers, torch.device("cpu"), runtime)])
-    with torch.no_grad():
-        assert torch.equal(got, torch.cat([model(x[i : i + 2]) for i in range(0, len(x), 2)]))
+    assert torch.equal(got, batched(model, x, 2))
     broken: Future = Future()
     broken.set_exception(HbrError("model.pt: weights do not fit"))
     with pytest.raises(HbrError, match="weights do not fit"):

@@ -31,59 +31,18 @@ from typing import Optional
 import numpy as np
 import pytest
 
+from hbr import cli, pipeline as registry, shards
 from hbr.files import TMP_PREFIX, read_tsv
 from hbr.ledger import check_accounting
+from tiny import CHUNK, DEMO_CONFIG, MIN_LABELS, N_PARTICIPANTS, REPO_ROOT, SETS, STAGE_TABLES
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 TIMEOUT_S = 600  # per command; a run takes well under a minute on 2 idle cores
 
-# The smallest demo set (the driver's --demo uses seed 0) whose every label file has both
-# classes and at least MIN_LABELS images, LabelMe files of both backgrounds included.
-N_PARTICIPANTS = 26
-MIN_LABELS = 4
-CHUNK = 2  # prediction chunk size: many resumable chunks even with few images
-
-TINY = [
-    "runtime.cpu_bf16=false",  # bf16 autocast is several times slower than fp32 at this size
-    "runtime.threads=1",  # runs share the cores; a fixed thread count also fixes the arithmetic
-    "dicom.workers=0",
-    "classifier.arch=resnet18",
-    "classifier.input_height=80",  # at 64x32 the QC classes are too alike to learn in seconds
-    "classifier.input_width=40",
-    "classifier.train.epochs=20",  # balanced batches of 2 positives: 7 epochs learn stage 2, not stage 5
-    "classifier.train.min_steps=0",  # the tiny set trains for exactly the epochs above
-    "classifier.train.batch_size=8",
-    f"classifier.train.min_images={MIN_LABELS}",
-    "classifier.train.workers=0",
-    "classifier.folds=0",  # out-of-fold thresholds of models this tiny are noise (folds: tests/test_classify.py)
-    "segmenter.encoder=resnet18",
-    "segmenter.input_height=64",
-    "segmenter.input_width=32",
-    "segmenter.point_radius=2",
-    "segmenter.train.epochs=2",
-    "segmenter.train.batch_size=4",
-    f"segmenter.train.min_images={MIN_LABELS}",
-    "segmenter.train.workers=0",
-    "segmenter.train.time_limit_min=0",  # a time limit would make the best epoch depend on load
-    "predict.batch_size=8",
-    "predict.segmenter_batch_size=3",  # stage 7 runs several batches in both lanes
-    "predict.workers=0",
-    f"predict.chunk_size={CHUNK}",
-]
-SETS = [arg for setting in TINY for arg in ("--set", setting)]
 STAGE_OPTIONS = ["--config", str(DEMO_CONFIG), *SETS]
 
 LANDMARKS = ["head", "shoulder_left", "shoulder_right", "hip_left", "hip_right", "ankle_left", "ankle_right"]
 RATIOS = ["LHR", "WHR", "LSR", "WSR", "LTR", "WTR", "LLeR", "WLeR", "LHiR", "WHiR"]
 BACKGROUNDS = ("black", "white")
-STAGE_TABLES = [
-    "dcm_table.tsv", "1_errors.tsv", "1_summary.tsv", "2_class_pred.tsv", "3_crop_pred.tsv", "4_background.tsv",
-    *(f"{prefix}_{bak}{suffix}" for bak in BACKGROUNDS
-      for prefix, suffix in (("5_contrast", "_pred.tsv"), ("6_pose", "_pred.tsv"), ("7_segment", ".tsv"))),
-    "8_segment_result/segment_table_black.tsv", "8_segment_result/segment_table_white.tsv",
-    "8_segment_result/hbr_table.tsv",
-]  # fmt: skip
 MODELS = ["2_body_class", "3_crop_class", *(f"{s}_{bak}" for bak in BACKGROUNDS
                                               for s in ("5_contrast_class", "6_pose_class", "7_segment"))]
 
@@ -194,7 +153,7 @@ def runs(tmp_path_factory, request) -> Runs:
         runs = Runs(phantom, full_dir, full, base / "interrupted", None, base / "predict_only", None)
         if "test_interrupted_run_resumes_to_identical_results" in wanted:
             runs.interrupted = pool.submit(_interrupted_run, runs.interrupted_dir, phantom)
-        if "test_predict_only_with_models_gives_the_same_table" in wanted:
+        if wanted & {"test_predict_only_with_models_gives_the_same_table", "test_sharded_run_merges_to_the_same_tables"}:
             runs.predict_only = pool.submit(_predict_only_run, runs.predict_only_dir, phantom, full, full_dir / "models")
         yield runs
     finally:
@@ -466,3 +425,54 @@ def test_predict_only_with_models_gives_the_same_table(runs: Runs, full: Path):
     for folder in mask_folders(full):
         assert folder_files(workdir / folder.name) == folder_files(folder), folder.name
     assert check_accounting(workdir) == []
+
+
+# --------------------------------------------------------------------------- 5. shards and their merge
+
+
+def run_shard(workdir: Path, phantom: Path, models: Path, shard: str, *extra: str) -> None:
+    """Every stage of one shard, as 0_pipeline.sh --shard runs them, in this process (torch is
+    imported once for all shards)."""
+    for stage_, bak in registry.run_order():
+        argv = [*([bak] if bak else []), "--workdir", workdir, "--shard", shard, *STAGE_OPTIONS, *extra]
+        if stage_.kind == registry.DICOM:
+            argv += ["--input", phantom / "zips"]
+        if stage_.has_model:
+            argv += ["--models", models]
+        assert cli.entry(stage_, [str(a) for a in argv]) == 0, f"{stage_.run_name(bak)} of shard {shard}"
+
+
+def test_sharded_run_merges_to_the_same_tables(runs: Runs, full: Path, tmp_path: Path, capsys):
+    """Three shards predicted with the full run's models merge to the tables of the one-machine
+    run, byte for byte (issue 23); shards run with another setting are refused, by key."""
+    ok(runs.predict_only.result())
+    one, workdir, models = runs.predict_only_dir, tmp_path / "sharded", full / "models"
+    for index in range(3):
+        run_shard(workdir, runs.phantom, models, f"{index}/3")
+    assert not (workdir / "dcm_table.tsv").exists()  # each shard works in its own folder
+    assert shards.main(["merge", "--workdir", str(workdir)]) == 0
+    for name in STAGE_TABLES:
+        assert (workdir / name).read_bytes() == (one / name).read_bytes(), name
+    assert check_accounting(workdir) == []
+    placed = read_tsv(workdir / registry.SHARD_MAP)
+    assert sorted(placed["Image"]) == sorted(read_tsv(one / "dcm_table.tsv")["Image"])
+    for image, folder in placed[["Image", "shard"]].itertuples(index=False):
+        assert (workdir / folder / "1_Total_Body_png" / f"{image}.png").is_file()
+    assert (workdir / "8_segment_result" / "report" / "index.html").is_file()
+    assert list((workdir / "8_segment_result" / "report" / "examples").glob("*.png"))
+
+    # shard 1 measured with another mask threshold: refused, naming the shard and the key
+    capsys.readouterr()
+    bak = registry.BACKGROUNDS[0]
+    other = ["--set", "segmenter.threshold=0.6"]
+    argv = [bak, "--workdir", workdir, "--shard", "1/3", *STAGE_OPTIONS, *other]
+    assert cli.entry(registry.stage(8), [str(a) for a in argv]) == 0
+    assert shards.main(["merge", "--workdir", str(workdir)]) == 1
+    error = capsys.readouterr().err
+    assert "shard 1/3" in error and "segmenter.threshold 0.6 (not 0.5)" in error, error
+    # measured again as the others were: the merge runs again, to the same tables
+    argv = [bak, "--workdir", workdir, "--shard", "1/3", *STAGE_OPTIONS]
+    assert cli.entry(registry.stage(8), [str(a) for a in argv]) == 0
+    assert shards.main(["merge", "--workdir", str(workdir)]) == 0
+    for name in STAGE_TABLES:
+        assert (workdir / name).read_bytes() == (one / name).read_bytes(), name

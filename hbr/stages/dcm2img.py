@@ -70,6 +70,7 @@ from hbr.files import (
     write_tsv_rows,
 )
 from hbr.memory import PeriodicRelease
+from hbr.shards import Shard
 from hbr.progress import progress as progress_counter
 
 STAGE = pipeline.stage(1).name
@@ -644,9 +645,11 @@ def _resolve_input(input_path: Path, workdir: Path) -> Path:
 
 
 def run_stage(
-    input_path: str | Path, workdir: str | Path, cfg: DicomConfig, progress: bool = True
+    input_path: str | Path, workdir: str | Path, cfg: DicomConfig, progress: bool = True,
+    shard: Optional[Shard] = None,
 ) -> StageResult:
-    """Run stage 1 on `input_path` into `workdir`; resumes from recorded sources.
+    """Run stage 1 on `input_path` into `workdir`; resumes from recorded sources. With a
+    `shard`, only the sources it holds (none is fine: the tables are written empty).
 
     Raises HbrError when the input does not exist or holds nothing to read (the
     three tables are then written empty, and existing images are left alone).
@@ -659,6 +662,10 @@ def run_stage(
         raise HbrError(
             f"--input {input_path}: no zip, DICOM file or folder found; wrote empty tables in {workdir}"
         )
+    if shard is not None:
+        total = len(sources)
+        sources = [source for source in sources if shard.holds(source.stem)]
+        print(f"{STAGE}: shard {shard}: {len(sources)} of the input's {total} sources")
     sources, clashing = _duplicate_stems(sources)
     _remove_temporaries(workdir / STATE_DIR)
     pending = [source for source in sources if _load_state(workdir, source, cfg) is None]
@@ -734,9 +741,15 @@ def check_some_images(outcome: StageResult, input_path: Path, protocol: str) -> 
 
 def run(ctx: cli.Context) -> StageResult:
     """Run stage 1 from the command line and print its summary; exit 1 when no image came out."""
-    outcome = run_stage(ctx.options.input, ctx.workdir, ctx.cfg.dicom)
+    shard = ctx.options.shard
+    outcome = run_stage(ctx.options.input, ctx.workdir, ctx.cfg.dicom, shard=shard)
     print(describe(outcome))
-    check_some_images(outcome, ctx.options.input, ctx.cfg.dicom.protocol)
+    if shard is None:
+        check_some_images(outcome, ctx.options.input, ctx.cfg.dicom.protocol)
+    elif outcome.sources and not outcome.images:
+        # not a failure of the task: one would stop the merge of every other shard (which
+        # fails instead when no shard decoded an image)
+        print(f"{STAGE}: WARNING: shard {shard}: no {ctx.cfg.dicom.protocol} image in {outcome.members} file(s)")
     return outcome
 
 
