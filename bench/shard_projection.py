@@ -13,10 +13,12 @@ real example DICOMs (../shared/ukb_dxa_examples; phantom zips when it is absent)
 
 A UK Biobank zip holds two Total Body images (tissue and bone): stage 2 sees both, stages
 3, 5, 6 and 7 the bone image at most (every bone image is assumed to pass QC: an upper
-bound). Time outside the forward passes (reading, resizing, writing) is added as the share
-bench/run.py measures on this kind of machine (--outside, default 25 %: the goal; measured
-2-33 % per stage). Each task also pays a fixed start-up (Python and torch in each of 11
-stage processes, --startup-s). The projection: ceil(N / M) zips per machine, one task each.
+bound). Beside the forward passes, the CPU work per image is timed on the decoded real bone
+image: reading its npy and preparing each stage's input (hbr.imaging), and stage 7's seven
+masks mapped back and written as PNG. Each task also pays a fixed start-up (Python and torch
+in each of 11 stage processes, --startup-s). A machine's projection: ceil(N / M) zips per
+machine, one task each. The GPU figure is an estimate until measured on a GPU: the forward
+passes taken as free, the same CPU work per zip as here.
 """
 
 from __future__ import annotations
@@ -45,6 +47,39 @@ from hbr.prediction import predict_batches  # noqa: E402
 
 REAL_EXAMPLES = REPO_ROOT.parent / "shared" / "ukb_dxa_examples"
 IMAGES_PER_ZIP = {2: 2.0, 3: 1.0, 5: 1.0, 6: 1.0, 7: 1.0}  # Total Body images each model stage sees per zip
+
+
+def cpu_seconds_per_image(image, cfg) -> dict[int, float]:
+    """Stage number -> seconds of CPU work per image outside the forward pass: reading the
+    npy and preparing the stage's input; for stage 7 also writing the seven masks."""
+    import numpy as np
+
+    from hbr.files import encode_png, write_npy, read_npy
+    from hbr.imaging import mask_to_original, place, region_input
+
+    c, s, canvas = cfg.classifier, cfg.segmenter, cfg.canvas
+    sizes = {stage.number: (c.stage(task).region, *c.input_size(task)) for task, stage in pipeline.CLASSIFIERS.items()}
+    sizes[7] = ("whole", s.input_height, s.input_width)
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "image.npy"
+        write_npy(path, image)
+        for number, (region, h, w) in sizes.items():
+            start, repeats = time.perf_counter(), 20
+            for _ in range(repeats):
+                region_input(read_npy(path), region, canvas.height, canvas.width, h, w)
+            seconds[number] = (time.perf_counter() - start) / repeats
+    # stage 7's masks: a blob per landmark on a near-zero map, as a trained model gives
+    h, w = s.input_height, s.input_width
+    yy, xx = np.mgrid[0:h, 0:w]
+    prob = np.where((yy - h // 4) ** 2 + (xx - w // 2) ** 2 < (h // 20) ** 2, 0.9, 0.001).astype(np.float32)
+    placement = place(*image.shape, canvas.height, canvas.width)
+    start, repeats = time.perf_counter(), 5
+    for _ in range(repeats):
+        for _ in LANDMARKS:
+            encode_png(mask_to_original(prob, placement, s.mask_floor), "none")
+    seconds[7] += (time.perf_counter() - start) / repeats
+    return seconds
 
 
 def stage_networks(cfg) -> dict[int, tuple[torch.nn.Module, tuple[int, int], int]]:
@@ -77,8 +112,8 @@ def seconds_per_image(model, size: tuple[int, int], batch: int, images: int, dev
     return run(images) / images
 
 
-def stage1_seconds_per_zip(zips: int, workdir: Path, cfg) -> tuple[float, str]:
-    """Stage 1 on `zips` copies of one zip: (seconds per zip, what the zip held)."""
+def stage1_seconds_per_zip(zips: int, workdir: Path, cfg):
+    """Stage 1 on `zips` copies of one zip: (seconds per zip, what the zip held, its last image)."""
     import zipfile
 
     from hbr.stages.dcm2img import run_stage
@@ -101,7 +136,16 @@ def stage1_seconds_per_zip(zips: int, workdir: Path, cfg) -> tuple[float, str]:
         os.link(source, folder / f"{1000000 + i}_20158_2_0.zip")
     start = time.perf_counter()
     run_stage(folder, workdir / "work", cfg.dicom, progress=False)
-    return (time.perf_counter() - start) / zips, what
+    seconds = (time.perf_counter() - start) / zips
+    from hbr.files import read_npy
+
+    return seconds, what, read_npy(sorted((workdir / "work" / "1_Total_Body_npy").glob("*.npy"))[-1])
+
+
+def duration(seconds: float) -> str:
+    """'2 h 05 min' or '7 min'."""
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
 def main(argv=None) -> int:
@@ -113,7 +157,6 @@ def main(argv=None) -> int:
     parser.add_argument("--machines", type=int, nargs="+", default=[1, 10, 50, 100])
     parser.add_argument("--images", type=int, default=32, help="images timed per classifier (half for the U-Net)")
     parser.add_argument("--stage1-zips", type=int, default=100)
-    parser.add_argument("--outside", type=float, default=0.25, help="share of a stage's time outside the forward passes")
     parser.add_argument("--startup-s", type=float, default=45.0, help="fixed start-up of one task (11 processes)")
     args = parser.parse_args(argv)
 
@@ -121,25 +164,30 @@ def main(argv=None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {device}, "
           f"native bfloat16: {this_cpu_has_native_bf16()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
-        stage1, what = stage1_seconds_per_zip(args.stage1_zips, Path(tmp), load_config(args.configs[0]))
-    print(f"stage 1: {stage1 * 1000:.1f} ms per zip ({args.stage1_zips} copies of a zip of {what})")
+        stage1, what, image = stage1_seconds_per_zip(args.stage1_zips, Path(tmp), load_config(args.configs[0]))
+    print(f"stage 1: {stage1 * 1000:.1f} ms per zip ({args.stage1_zips} copies of a zip of {what}); "
+          f"the other stages' CPU work timed on its image of {image.shape[0]}x{image.shape[1]}")
     for config in args.configs:
         cfg = load_config(config)
         configure_threads(cfg.runtime)
-        per_zip = stage1
+        per_zip = around = stage1  # around: the CPU work beside the forward passes
+        cpu_work = cpu_seconds_per_image(image, cfg)
         print(f"\n{config.name}: classifier {cfg.classifier.arch}, U-Net {cfg.segmenter.encoder} at "
               f"{cfg.segmenter.input_height}x{cfg.segmenter.input_width}, bfloat16 on CPU: {cfg.runtime.cpu_bf16}")
         for number, (model, size, batch) in stage_networks(cfg).items():
             images = args.images if number != 7 else max(args.images // 2, batch)
             seconds = seconds_per_image(model, size, batch, images, device, cfg.runtime)
-            per_zip += IMAGES_PER_ZIP[number] * seconds / (1 - args.outside)
-            print(f"  stage {number}: input {size[0]}x{size[1]}, batch {batch}: {seconds * 1000:.1f} ms per image "
-                  f"(forward, {images} images)")
-        print(f"  one task: {per_zip:.2f} s per zip, {3600 / per_zip:.0f} zips per hour "
-              f"(with {args.outside:.0%} outside the forward passes)")
+            per_zip += IMAGES_PER_ZIP[number] * (seconds + cpu_work[number])
+            around += IMAGES_PER_ZIP[number] * cpu_work[number]
+            print(f"  stage {number}: input {size[0]}x{size[1]}, batch {batch}: forward {seconds * 1000:.1f} ms per "
+                  f"image ({images} images), other CPU work {cpu_work[number] * 1000:.1f} ms")
+        print(f"  one task: {per_zip:.2f} s per zip, {3600 / per_zip:.0f} zips per hour; "
+              f"{around * 1000:.0f} ms per zip beside the forward passes")
         for machines in args.machines:
-            hours = (math.ceil(args.zips / machines) * per_zip + args.startup_s) / 3600
-            print(f"  {args.zips} zips on {machines} machine(s) like this one: {hours:.1f} h")
+            zips = math.ceil(args.zips / machines)
+            print(f"  {args.zips} zips on {machines} machine(s) like this one: "
+                  f"{duration(zips * per_zip + args.startup_s)}; on {machines} GPU node(s), estimated: "
+                  f"{duration(zips * around + args.startup_s)}")
     return 0
 
 

@@ -461,6 +461,15 @@ def test_sharded_run_merges_to_the_same_tables(runs: Runs, full: Path, tmp_path:
     assert (workdir / "8_segment_result" / "report" / "index.html").is_file()
     assert list((workdir / "8_segment_result" / "report" / "examples").glob("*.png"))
 
+    # a shard with no zips (11 shards leave shard 5 of this set empty) runs every stage to
+    # the end, and its tables (headers only) would merge as any other's
+    empty = shards.Shard(5, 11)
+    assert not any(empty.holds(p.stem) for p in (runs.phantom / "zips").glob("*.zip"))
+    run_shard(tmp_path / "empty", runs.phantom, models, str(empty))
+    for name in STAGE_TABLES:
+        lines = (empty.folder(tmp_path / "empty") / name).read_text().splitlines()
+        assert lines == (workdir / name).read_text().splitlines()[:1], name
+
     # shard 1 measured with another mask threshold: refused, naming the shard and the key
     capsys.readouterr()
     bak = registry.BACKGROUNDS[0]
