@@ -38,7 +38,7 @@ TINY = [
     f"segmenter.train.min_images={MIN_LABELS}",
     "segmenter.train.workers=0",
     "segmenter.train.time_limit_min=0",  # a time limit would make the best epoch depend on load
-    "predict.batch_size=8",
+    "predict.batch_size=2",  # = the chunk size: a short batch is padded to the batch size
     "predict.segmenter_batch_size=3",  # stage 7 runs several batches in both lanes
     "predict.workers=0",
     f"predict.chunk_size={CHUNK}",
