@@ -176,3 +176,26 @@ def test_help_does_not_import_torch(script):
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("NO TORCH"), result.stdout[-300:]
     assert f"Stage {pipeline.stage(Path(script).stem).number}:" in result.stdout
+
+
+# --------------------------------------------------------------------------- the driver's own command line
+
+
+def test_driver_and_stages_print_their_version():
+    import hbr
+
+    assert run(["bash", REPO_ROOT / "0_pipeline.sh", "--version"]).stdout.strip() == f"hbr {hbr.__version__}"
+    assert run([sys.executable, REPO_ROOT / "2_body_class.py", "--version"]).stdout.strip() == f"hbr {hbr.__version__}"
+
+
+@pytest.mark.parametrize("option", ["--input", "--workdir", "--models", "--set", "--shard"])
+def test_driver_option_without_a_value_is_a_usage_line(tmp_path, option):
+    result = run(["bash", REPO_ROOT / "0_pipeline.sh", "--workdir", tmp_path / "w", option])
+    assert result.returncode == 2 and f"{option} needs a value" in result.stderr, result.stderr
+    assert "unbound variable" not in result.stderr and not (tmp_path / "w").exists()
+
+
+def test_driver_without_input_creates_nothing(tmp_path):
+    result = run(["bash", REPO_ROOT / "0_pipeline.sh", "--workdir", tmp_path / "w"])
+    assert result.returncode == 2 and "--input is required" in result.stderr
+    assert not (tmp_path / "w").exists()

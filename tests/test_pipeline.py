@@ -485,3 +485,17 @@ def test_sharded_run_merges_to_the_same_tables(runs: Runs, full: Path, tmp_path:
     assert shards.main(["merge", "--workdir", str(workdir)]) == 0
     for name in STAGE_TABLES:
         assert (workdir / name).read_bytes() == (one / name).read_bytes(), name
+
+
+def test_a_model_that_keeps_no_image_is_reported(runs: Runs, full: Path, tmp_path: Path, capsys):
+    """A QC model that removes every one of 10 or more images: a WARNING line, and the run
+    goes on (issue 26). Stage 3 at threshold 0 calls every image badly framed."""
+    common = ["--workdir", tmp_path / "w", *STAGE_OPTIONS]
+    models = full / "models"
+    assert cli.entry(registry.stage(1), [str(a) for a in ["--input", runs.phantom / "zips", *common]]) == 0
+    assert cli.entry(registry.stage(2), [str(a) for a in ["--models", models, *common]]) == 0
+    capsys.readouterr()
+    argv = ["--models", models, *common, "--set", "classifier.crop.threshold=0"]
+    assert cli.entry(registry.stage(3), [str(a) for a in argv]) == 0
+    said = capsys.readouterr()
+    assert "WARNING: the model kept none of" in said.out + said.err, said.out[-2000:]
