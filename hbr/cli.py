@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from hbr import __version__
 from hbr.errors import HbrError
 from hbr.landmarks import LANDMARKS
-from hbr.pipeline import BACKGROUNDS, DICOM, LOGS_DIR, MEASURE, SEGMENTER, Stage, stage as registry_stage
+from hbr.pipeline import BACKGROUNDS, DICOM, LOGS_DIR, MEASURE, MODELS_DIR, SEGMENTER, Stage, stage as registry_stage
 from hbr import shards
 from hbr.shards import Shard, parse_shard
 
@@ -62,6 +62,12 @@ class Context:
     def run_name(self) -> str:
         """The stage's name, with the background for a per-background stage (e.g. 6_pose_class_white)."""
         return self.stage.run_name(self.options.background)
+
+    @property
+    def model_file(self) -> Path:
+        """Checkpoint path of the stage's model: in --models DIR when given, else in WORKDIR/models."""
+        root = self.options.models if self.options.models is not None else self.workdir / MODELS_DIR
+        return root / self.run_name / "model.pt"
 
 
 def describe_stage(stage: Stage) -> str:

@@ -207,18 +207,11 @@ def run_order() -> Iterator[tuple[Stage, Optional[str]]]:
         yield from ((s, bak) for s in per_bak)
 
 
-def run_tables() -> list[tuple[str, Stage]]:
-    """(file name, stage) of every table a whole run writes, relative to the work directory,
-    in the order the stages write them (hbr_table.tsv, rebuilt from these, is not among them)."""
-    first = stage(1)
-    tables = [(DCM_TABLE, first), (ERRORS_TABLE, first), (SUMMARY_TABLE, first)]
-    seen = {DCM_TABLE}
-    for s, bak in run_order():
-        name = s.table_name(bak)
-        if name not in seen:  # stage 4 runs once for both backgrounds
-            seen.add(name)
-            tables.append((name, s))
-    return tables
+def run_tables() -> list[str]:
+    """File names of every table a whole run writes, relative to the work directory, in the
+    order the stages write them (hbr_table.tsv, rebuilt from these, is not among them)."""
+    names = [DCM_TABLE, ERRORS_TABLE, SUMMARY_TABLE] + [s.table_name(bak) for s, bak in run_order()]
+    return list(dict.fromkeys(names))  # stage 1's own table, DCM_TABLE, comes again from run_order
 
 
 def plan_lines() -> list[str]:

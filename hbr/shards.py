@@ -30,7 +30,6 @@ from hbr.errors import HbrError
 from hbr.pipeline import (
     DCM_TABLE,
     ERRORS_TABLE,
-    MODELS_DIR,
     SHARD_MAP,
     SHARDS_DIR,
     STATE_DIR,
@@ -122,14 +121,6 @@ def record_path(shard_workdir: Path, run_name: str) -> Path:
     return shard_workdir / STATE_DIR / RECORDS / f"{run_name}.json"
 
 
-def model_path(ctx: "Context") -> Optional[Path]:
-    """The checkpoint a model stage predicts with (None for the other stages)."""
-    if not ctx.stage.has_model:
-        return None
-    root = ctx.options.models if ctx.options.models is not None else ctx.workdir / MODELS_DIR
-    return root / ctx.run_name / "model.pt"
-
-
 def begin_stage(ctx: "Context") -> None:
     """Before a stage runs in a shard: refuse training (models are trained once, before the
     shards run) and forget that the stage had finished, so a killed run is never merged."""
@@ -154,7 +145,7 @@ def finish_stage(ctx: "Context") -> None:
     from hbr.config import result_values
     from hbr.files import write_json
 
-    model = model_path(ctx)
+    model = ctx.model_file if ctx.stage.has_model else None
     write_json(record_path(ctx.workdir, ctx.run_name), {
         "shard": str(ctx.options.shard),
         "config": result_values(ctx.cfg),
@@ -308,6 +299,7 @@ class MergeOutcome:
 
     shards: list[Shard]
     rows: dict[str, int]  # table name -> rows
+    problems: list[str]  # the merged run's accounting problems (hbr.ledger)
 
 
 def merge(workdir: Path, report: bool = True) -> MergeOutcome:
@@ -318,24 +310,22 @@ def merge(workdir: Path, report: bool = True) -> MergeOutcome:
     workdir = workdir.resolve()
     shards = find_shards(workdir)
     check_same_work(workdir, shards)
-    rows = {name: merge_table(workdir, shards, name) for name, _ in run_tables()}
+    rows = {name: merge_table(workdir, shards, name) for name in run_tables()}
     write_shard_map(workdir, shards)
     images = [image_folders(shard.folder(workdir), TOTAL_BODY)[1] for shard in shards]
-    rebuild_results(workdir, report=report, image_dirs=images)
-    return MergeOutcome(shards, rows)
+    _, _, problems = rebuild_results(workdir, report=report, image_dirs=images)
+    return MergeOutcome(shards, rows, problems)
 
 
 def describe_merge(workdir: Path, outcome: MergeOutcome) -> list[str]:
     """The lines a merge prints: what it combined and where the results are."""
-    from hbr.ledger import check_accounting
     from hbr.pipeline import HBR_TABLE, result_dir
 
     count = outcome.shards[0].count
     lines = [f"merged {count} shards of {workdir / SHARDS_DIR}: {outcome.rows[DCM_TABLE]} images "
              f"from {outcome.rows[SUMMARY_TABLE]} sources ({outcome.rows[ERRORS_TABLE]} error lines)"]
     lines += [f"  {name}: {n} rows" for name, n in outcome.rows.items() if name not in ROW_KEYS]
-    problems = check_accounting(workdir)
-    lines += [f"WARNING: accounting: {p}" for p in problems]
+    lines += [f"WARNING: accounting: {p}" for p in outcome.problems]
     lines.append(f"results: {result_dir(workdir) / HBR_TABLE}; images stay in the shard folders "
                  f"(which shard holds what: {workdir / SHARD_MAP})")
     return lines

@@ -47,4 +47,4 @@ SETS = [arg for setting in TINY for arg in ("--set", setting)]
 
 # A whole run's tables, relative to its work directory: two runs on the same zips with the
 # same models write them byte for byte alike
-STAGE_TABLES = [name for name, _ in run_tables()] + [f"{RESULT_DIR}/{HBR_TABLE}"]
+STAGE_TABLES = run_tables() + [f"{RESULT_DIR}/{HBR_TABLE}"]

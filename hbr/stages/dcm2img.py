@@ -20,8 +20,9 @@ tables, byte-identical to a run without interruption.
 
 An input whose files give no image at all ends the stage with exit status 1 and the count
 of files tried, since nothing would be left for the later stages (an input folder without
-any file is refused as well: most likely a wrong path). A cluster shard with no input
-assigned to it is another case: once shards exist, such a shard is done, with exit 0.
+any file is refused as well: most likely a wrong path). A shard (--shard) is another
+case: one with no source assigned to it is done, with exit 0, and one whose files give no
+image warns and exits 0 (the merge fails when no shard decoded an image).
 """
 
 from __future__ import annotations

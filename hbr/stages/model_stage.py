@@ -19,7 +19,7 @@ from hbr.devices import configure_threads, resolve_device, to_device_for_inferen
 from hbr.errors import HbrError
 from hbr.files import link_or_copy, list_images, remove_stale, write_json, write_tsv
 from hbr.models import CHECKPOINT_FORMAT, checkpoint_meta, model_from_checkpoint, read_checkpoint, save_checkpoint
-from hbr.pipeline import BACKGROUNDS, MODELS_DIR, SEGMENTER, STATE_DIR, image_folders, other_background, producer
+from hbr.pipeline import BACKGROUNDS, SEGMENTER, STATE_DIR, image_folders, other_background, producer
 from hbr.resume import run_chunks
 from hbr.training import TrainResult
 
@@ -50,12 +50,6 @@ def label_location(ctx: Context, default_names: Iterable[str], folder_of_files: 
     if folder_of_files and given is not None and given.is_dir():
         return given
     return root / names[0]
-
-
-def model_file(ctx: Context) -> Path:
-    """Checkpoint path of the stage's model: in --models DIR when given, else in WORKDIR/models."""
-    root = ctx.options.models if ctx.options.models is not None else ctx.workdir / MODELS_DIR
-    return root / ctx.run_name / "model.pt"
 
 
 def metrics_file(checkpoint: Path) -> Path:
@@ -187,7 +181,7 @@ def shared_model_files(ctx: Context, shared: bool) -> tuple[Path, ...]:
     bak = ctx.options.background
     if not shared or bak is None:
         return ()
-    root = model_file(ctx).parent.parent
+    root = ctx.model_file.parent.parent
     return (root / ctx.stage.run_name(other_background(bak)) / "model.pt",)
 
 
@@ -207,7 +201,7 @@ def obtain_model(ctx: Context, training: Training, device: torch.device):
     train mode. The model is a Future (it is built while prediction starts); hbr.prediction
     takes it as it is."""
     mode, given_models = ctx.options.mode, ctx.options.models is not None
-    path = model_file(ctx)
+    path = ctx.model_file
     ckpt = None
     if given_models and mode == "train":
         raise HbrError("--models is for prediction with existing models; train without it")
