@@ -173,7 +173,8 @@ class QcStageConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    arch: str = key("resnet152", "torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152")
+    arch: str = key("resnet152", "torchvision ResNet: resnet10 (no ImageNet weights; CPU-fast), resnet18, "
+                                 "resnet34, resnet50, resnet101 or resnet152")
     input_height: int = key(960, "model input height, pixels (the canvas is resized to it)")
     input_width: int = key(384, "model input width, pixels")
     pretrained: Weights = key(False, "false: from scratch; true: ImageNet weights in the local torch hub cache "
@@ -217,6 +218,8 @@ class ClassifierConfig:
 class SegmenterConfig:
     arch: str = key("unet", "segmentation-models-pytorch network: unet, unetplusplus or fpn")
     encoder: str = key("resnet152", "ResNet encoder: resnet18 ... resnet152")
+    decoder_channels: int = key(256, "channels of the decoder's widest block; the U-Net's next blocks halve them "
+                                     "(at least 16). Fewer: a faster CPU model")
     input_height: int = key(960, "model input height, pixels")
     input_width: int = key(384, "model input width, pixels")
     pretrained: Weights = key(False, "encoder start: false (scratch), true (local ImageNet weights) or the path "
@@ -547,6 +550,7 @@ RANGES = {
     "background.black": NOT_NEGATIVE, "background.white": NOT_NEGATIVE, "background.corner": AT_LEAST_1,
     "classifier.input_height": AT_LEAST_1, "classifier.input_width": AT_LEAST_1,
     "segmenter.input_height": AT_LEAST_1, "segmenter.input_width": AT_LEAST_1,
+    "segmenter.decoder_channels": (lambda v: v >= 16, "must be at least 16"),
     "segmenter.point_radius": POSITIVE, "segmenter.point_weight": NOT_NEGATIVE,
     "segmenter.threshold": BELOW_1,  # stage 8 keeps mask pixels >= threshold: 1 would keep none
     "predict.batch_size": AT_LEAST_1, "predict.segmenter_batch_size": AT_LEAST_1, "predict.chunk_size": AT_LEAST_1,

@@ -25,7 +25,17 @@ from hbr.files import atomic_path
 CHECKPOINT_FORMAT = "hbr-checkpoint-2"
 READABLE_FORMATS = ("hbr-checkpoint-1", CHECKPOINT_FORMAT)
 
+def resnet10(weights=None, **kwargs) -> torchvision.models.ResNet:
+    """torchvision's ResNet with one basic block per stage instead of resnet18's two: about
+    half the work a training step, for CPU-fast models (the demo). No ImageNet weights exist."""
+    if weights is not None:
+        raise ValueError("resnet10 has no published weights")
+    return torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], **kwargs)
+
+
+# name -> (builder, torchvision weights enum or None where no ImageNet weights exist)
 CLASSIFIER_ARCHS = {
+    "resnet10": (resnet10, None),
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
@@ -35,7 +45,7 @@ CLASSIFIER_ARCHS = {
 # class names in segmentation_models_pytorch, imported only when a segmenter is built:
 # the classifier stages would otherwise pay for importing smp and timm in every process
 SEGMENTER_ARCHS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus", "fpn": "FPN"}
-SEGMENTER_ENCODERS = tuple(CLASSIFIER_ARCHS)
+SEGMENTER_ENCODERS = tuple(a for a in CLASSIFIER_ARCHS if a != "resnet10")  # smp's ResNet encoders
 IMAGENET = "imagenet"  # a `pretrained` value: the local torch hub cache's ImageNet weights
 
 
@@ -50,7 +60,11 @@ def _local_imagenet_weights(arch: str) -> tuple[Optional[dict], Path]:
 
     Never downloads: this pipeline runs on machines without network access.
     """
-    weights = CLASSIFIER_ARCHS[arch][1].DEFAULT
+    enum = CLASSIFIER_ARCHS[arch][1]
+    if enum is None:
+        raise HbrError(f"pretrained: no ImageNet weights exist for {arch}; give a weights file, or "
+                       "pretrained: false")
+    weights = enum.DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
         print(
@@ -170,13 +184,23 @@ def _build_classifier(arch: str, num_outputs: int, pretrained: Any) -> nn.Module
     return model
 
 
-def _build_segmenter(arch: str, encoder: str, classes: int, pretrained: Any) -> nn.Module:
+def decoder_sizes(arch: str, channels: int) -> dict[str, Any]:
+    """smp keyword arguments of a decoder whose widest block has `channels` channels: the U-Nets'
+    five blocks halve from there (at least 16 each; 256 gives smp's default 256, 128, 64, 32, 16),
+    FPN's pyramid has `channels` and its segmentation blocks half that."""
+    if arch == "fpn":
+        return {"decoder_pyramid_channels": channels, "decoder_segmentation_channels": max(channels // 2, 16)}
+    return {"decoder_channels": tuple(max(channels >> i, 16) for i in range(5))}
+
+
+def _build_segmenter(arch: str, encoder: str, classes: int, pretrained: Any, decoder_channels: int = 256) -> nn.Module:
     _choose("segmenter architecture", arch, SEGMENTER_ARCHS)
     _choose("segmenter encoder", encoder, SEGMENTER_ENCODERS)
     import segmentation_models_pytorch as smp
 
     network = getattr(smp, SEGMENTER_ARCHS[arch])
-    model = network(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=classes)
+    model = network(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=classes,
+                    **decoder_sizes(arch, decoder_channels))
     state, source = _start_state(pretrained, encoder)
     if state is not None:
         if any(k.startswith("encoder.") for k in state):  # a whole U-Net's weights (e.g. an hbr model): its encoder
@@ -191,13 +215,15 @@ def create_model(spec: dict[str, Any], pretrained: Any = False) -> nn.Module:
     (see load_start_weights). Nothing is ever downloaded.
 
     Classifier: {"kind": "classifier", "arch": "resnet18", "num_outputs": 2}.
-    Segmenter: {"kind": "segmenter", "arch": "unet", "encoder": "resnet18", "classes": 7}.
+    Segmenter: {"kind": "segmenter", "arch": "unet", "encoder": "resnet18", "classes": 7,
+    "decoder_channels": 256} (decoder_channels may be absent: 256, as models saved before it had).
     """
     kind = spec.get("kind")
     if kind == "classifier":
         return _build_classifier(spec["arch"], int(spec["num_outputs"]), pretrained)
     if kind == "segmenter":
-        return _build_segmenter(spec["arch"], spec["encoder"], int(spec["classes"]), pretrained)
+        return _build_segmenter(spec["arch"], spec["encoder"], int(spec["classes"]), pretrained,
+                                int(spec.get("decoder_channels", 256)))
     raise HbrError(f"unknown model kind {kind!r}; valid: classifier, segmenter")
 
 

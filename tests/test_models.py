@@ -15,7 +15,7 @@ from hbr.training import epoch_rank, split_indices, train
 
 
 def test_unknown_names_list_valid_ones():
-    with pytest.raises(HbrError, match="valid: resnet18, resnet34"):
+    with pytest.raises(HbrError, match="valid: resnet10, resnet18, resnet34"):
         create_model({"kind": "classifier", "arch": "resnet9", "num_outputs": 2})
     with pytest.raises(HbrError, match="valid: unet"):
         create_model({"kind": "segmenter", "arch": "segformer", "encoder": "resnet18", "classes": 7})
@@ -27,6 +27,36 @@ def test_models_take_one_channel():
     x = torch.zeros(2, 1, 64, 32)
     assert clf(x).shape == (2, 2)
     assert seg(x).shape == (2, 7, 64, 32)
+
+
+def test_resnet10_has_one_block_a_stage_and_no_imagenet_weights(tmp_path):
+    small = create_model({"kind": "classifier", "arch": "resnet10", "num_outputs": 2})
+    assert all(len(getattr(small, f"layer{i}")) == 1 for i in range(1, 5))
+    assert small(torch.zeros(2, 1, 64, 32)).shape == (2, 2)
+    with pytest.raises(HbrError, match="no ImageNet weights exist for resnet10"):
+        create_model({"kind": "classifier", "arch": "resnet10", "num_outputs": 2}, pretrained=True)
+    file = tmp_path / "r10.pt"  # a file of its own architecture starts it
+    torch.save(small.state_dict(), file)
+    again = create_model({"kind": "classifier", "arch": "resnet10", "num_outputs": 2}, pretrained=file)
+    assert torch.equal(again.state_dict()["layer4.0.conv2.weight"], small.state_dict()["layer4.0.conv2.weight"])
+    with pytest.raises(HbrError, match="not a segmenter encoder|segmenter encoder 'resnet10'"):
+        create_model({"kind": "segmenter", "arch": "unet", "encoder": "resnet10", "classes": 7})
+
+
+def test_segmenter_decoder_width_is_stored_and_rebuilt(tmp_path):
+    spec = {"kind": "segmenter", "arch": "unet", "encoder": "resnet18", "classes": 7, "decoder_channels": 64}
+    narrow = create_model(spec)
+    widths = [block.conv2[0].out_channels for block in narrow.decoder.blocks]
+    assert widths == [64, 32, 16, 16, 16]
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, narrow, {"spec": spec, "config_hash": "x"})
+    loaded, _ = load_checkpoint(path)
+    assert [b.conv2[0].out_channels for b in loaded.decoder.blocks] == widths
+    # a spec saved before the key existed rebuilds smp's default decoder
+    old = create_model({k: v for k, v in spec.items() if k != "decoder_channels"})
+    assert [b.conv2[0].out_channels for b in old.decoder.blocks] == [256, 128, 64, 32, 16]
+    fpn = create_model({**spec, "arch": "fpn"})
+    assert fpn(torch.zeros(1, 1, 64, 32)).shape == (1, 7, 64, 32)
 
 
 def test_checkpoint_round_trip_and_refusal(tmp_path):

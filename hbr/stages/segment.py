@@ -172,7 +172,8 @@ def _train_segmenter(ctx: Context, folder: Path, shared: Optional[Path]) -> Call
                                 prep, aug, s.train.seed, s.point_radius)
 
         seed_everything(s.train.seed)
-        spec = {"kind": "segmenter", "arch": s.arch, "encoder": s.encoder, "classes": len(LANDMARKS)}
+        spec = {"kind": "segmenter", "arch": s.arch, "encoder": s.encoder, "classes": len(LANDMARKS),
+                "decoder_channels": s.decoder_channels}
         model = create_model(spec, pretrained=s.pretrained)
         with torch.no_grad():  # points are rare pixels: start their outputs near "absent"
             head_conv = model.segmentation_head[0]
