@@ -2,7 +2,8 @@
 """Accuracy of every model against the phantom ground truth, on held-out images (SPEC 7).
 
     python bench/accuracy.py [--n 600] [--seed 0] [--config configs/demo.yaml]
-                             [--workdir DIR] [--device cpu|cuda|auto]
+                             [--workdir DIR] [--device cpu|cuda|auto] [--set KEY=VALUE ...]
+                             [--models DIR] [--score-only]
 
 1. Generates a phantom set of --n participants (hbr.phantom.generate; its label files
    cover split == "train" images only) into WORKDIR/phantom (reused when it exists for
@@ -11,6 +12,8 @@
    every QC classifier and both segmenters are trained (or reused when the labels and
    config are unchanged), then every stage predicts every image. The pipeline's own
    output goes to WORKDIR/logs/bench_pipeline.log; only its stage lines are echoed.
+   With --models DIR (e.g. a demo's models on a set of another seed) nothing is trained:
+   every stage predicts with those models.
 3. Scores held-out images (split == "test") with hbr.evaluate: the balanced accuracy
    of each classifier stage on all held-out images in its own decision table (a stage
    sees only the images earlier stages kept), and the head box IoU, landmark centre
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -80,12 +84,16 @@ def check_labels_are_train_only(phantom: Path, truth: pd.DataFrame) -> None:
     print("training labels (train split only): " + ", ".join(lines))
 
 
-def run_pipeline(workdir: Path, phantom: Path, config: Path, device: str) -> float:
-    """0_pipeline.sh on the phantom set; its output to a log; returns the wall time."""
+def run_pipeline(workdir: Path, phantom: Path, config: Path, device: str, models: Optional[Path] = None,
+                 overrides: Sequence[str] = (), repo: Path = REPO_ROOT) -> float:
+    """0_pipeline.sh of `repo` on the phantom set (training on its labels, or predicting with
+    `models`); its output to a log; returns the wall time."""
     log = workdir / "logs" / "bench_pipeline.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = ["bash", str(REPO_ROOT / "0_pipeline.sh"), "--input", str(phantom / "zips"), "--labels",
-               str(phantom / "labels"), "--config", str(config), "--workdir", str(workdir), "--device", device]
+    source = ["--models", str(models)] if models else ["--labels", str(phantom / "labels")]
+    command = ["bash", str(repo / "0_pipeline.sh"), "--input", str(phantom / "zips"), *source,
+               "--config", str(config), "--workdir", str(workdir), "--device", device,
+               *(arg for value in overrides for arg in ("--set", value))]
     print("pipeline: " + " ".join(command))
     start = time.perf_counter()
     with open(log, "w") as fh:
@@ -151,6 +159,9 @@ def main() -> None:
                         help="work directory (default: TMP/hbr-bench/accuracy_n{N}_s{SEED}; kept for reuse)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--score-only", action="store_true", help="score an existing finished run")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="predict with these trained models (e.g. demo_work/models) instead of training")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     workdir = (args.workdir or Path(tempfile.gettempdir()) / "hbr-bench" / f"accuracy_n{args.n}_s{args.seed}").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -162,8 +173,9 @@ def main() -> None:
     print(f"ground truth: {len(truth)} images, {len(held_out)} held out (split == test)")
     check_labels_are_train_only(phantom, truth)
     if not args.score_only:
-        seconds = run_pipeline(workdir, phantom, args.config, args.device)
-        print(f"pipeline (training + prediction of every stage): {seconds / 60:.1f} min")
+        seconds = run_pipeline(workdir, phantom, args.config, args.device, args.models, args.set)
+        print(f"pipeline ({'prediction with ' + str(args.models) if args.models else 'training + prediction'} "
+              f"of every stage): {seconds / 60:.1f} min")
     print("training (validation split of the training labels):")
     for line in training_summary(workdir):
         print(line)

@@ -3,7 +3,10 @@
 the other on this machine, with the CPU's flags, per-stage times, the ratio of each run's
 total to the first's, and the demo's held-out accuracy lines. A benchmark, not a test.
 
-    python bench/demo_time.py [--revisions REV ...] [--isa avx2|native] [--out DIR]
+    python bench/demo_time.py [--revisions REV ...] [--isa avx2|native] [--unseen SEED N] [--out DIR]
+
+After each demo its models predict an unseen phantom set (seed 7, 150 participants) with
+bench/accuracy.py, scored on its held-out split: the accuracy lines marked "unseen seed".
 
 Each revision is checked out into a temporary git worktree and run with this repository's
 .venv on PATH, exactly as `make demo` runs it (a fresh demo work directory, every model
@@ -32,9 +35,14 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import accuracy  # noqa: E402  (bench/accuracy.py, beside this script)
 STAGE_DONE = re.compile(r"^== stage (\d) done in (\d+) s \(log: .*/logs/(\S+)\.log\)")
 FINISHED = re.compile(r"^== finished in (\d+) min (\d+) s")
-ACCURACY = re.compile(r"(balanced accuracy|IoU median|centre error median|LHR relative error median)")
+ACCURACY = re.compile(r"(balanced accuracy|IoU median|centre error median|LHR relative error median|"
+                      r"with a missing landmark)")
+UNSEEN = "unseen seed"  # prefix of the accuracy lines of the demo's models on another phantom seed
 
 
 def cpu_summary() -> str:
@@ -52,27 +60,37 @@ def cpu_summary() -> str:
     return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
 
 
-def run_demo(rev: str, isa: str, log: Path) -> None:
-    """Run `0_pipeline.sh --demo` of `rev` in a temporary worktree; its output goes to `log`."""
+def run_demo(rev: str, isa: str, log: Path, unseen: tuple[int, int]) -> None:
+    """Run `0_pipeline.sh --demo` of `rev` in a temporary worktree, then the revision's
+    pipeline with the demo's models on an unseen phantom (seed, participants), scored with
+    bench/accuracy.py; the output goes to `log`."""
     env = dict(os.environ, PATH=f"{REPO_ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
-    extra = []
-    if isa == "avx2":
-        env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-        extra = ["--set", "runtime.cpu_bf16=false"]
+    overrides = ["runtime.cpu_bf16=false"] if isa == "avx2" else []
     with tempfile.TemporaryDirectory(prefix="hbr-demo-time-") as tmp:
-        tree = Path(tmp) / "tree"
+        tree, demo, other = Path(tmp) / "tree", Path(tmp) / "demo_work", Path(tmp) / "unseen"
         subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
         try:
             partial = log.with_suffix(".partial")
             with open(partial, "w") as out:
                 out.write(f"# revision {rev} ({git_describe(rev)}), isa {isa}, started {time.ctime()}\n")
                 out.flush()
-                subprocess.run(["bash", "0_pipeline.sh", "--demo", "--workdir", str(Path(tmp) / "demo_work"), *extra],
+                subprocess.run(["bash", "0_pipeline.sh", "--demo", "--workdir", str(demo),
+                                *(arg for value in overrides for arg in ("--set", value))],
                                cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+                seed, n = unseen
+                phantom = accuracy.make_phantom(other / "phantom", n, seed)
+                accuracy.run_pipeline(other, phantom, tree / "configs" / "demo.yaml", "cpu", demo / "models",
+                                      overrides, repo=tree)
+                truth = accuracy.read_table(phantom / "ground_truth.tsv", ["Image", "split"])
+                missing = [line for line in (other / "logs" / "bench_pipeline.log").read_text().splitlines()
+                           if "with a missing landmark" in line]
+                for line in accuracy.score(other, truth) + missing:
+                    if ACCURACY.search(line):
+                        out.write(f"{UNSEEN} {seed}, {n} participants: {line.strip()}\n")
             # the driver's stage lines and the accuracy lines are what the table reads; the
             # epoch lines of every training stay in the demo's own logs
             kept = [line for line in partial.read_text().splitlines()
-                    if line.startswith(("#", "==")) or ACCURACY.search(line)]
+                    if line.startswith(("#", "==", UNSEEN)) or ACCURACY.search(line)]
             log.write_text("\n".join(kept) + "\n")
             partial.unlink()
         finally:
@@ -87,15 +105,15 @@ def git_describe(rev: str) -> str:
 
 def read_log(log: Path) -> dict:
     """Total seconds, per-run seconds (stage log names) and accuracy lines of a finished demo log."""
-    total, stages, accuracy = None, {}, []
+    total, stages, scores = None, {}, []
     for line in log.read_text().splitlines():
         if m := STAGE_DONE.match(line):
             stages[m.group(3)] = int(m.group(2))
         elif m := FINISHED.match(line):
             total = 60 * int(m.group(1)) + int(m.group(2))
         elif ACCURACY.search(line) and not line.startswith("#"):
-            accuracy.append(line.strip())
-    return {"total": total, "stages": stages, "accuracy": accuracy}
+            scores.append(line.strip())
+    return {"total": total, "stages": stages, "accuracy": scores}
 
 
 def finished(log: Path) -> bool:
@@ -124,15 +142,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revisions", nargs="+", default=["HEAD"], help="git revisions, the baseline first")
     parser.add_argument("--isa", choices=("avx2", "native"), default="avx2")
+    parser.add_argument("--unseen", type=int, nargs=2, default=(7, 150), metavar=("SEED", "N"),
+                        help="phantom seed and participants of the unseen set the demo's models predict")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "demo_time")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.isa == "avx2":
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"  # for every process this run starts
     runs = []
     for rev in args.revisions:
         log = args.out / f"demo_{rev}_{args.isa}.log"
         if not finished(log):
             print(f"demo_time: running the demo of {rev} ({git_describe(rev)}) -> {log}", flush=True)
-            run_demo(rev, args.isa, log)
+            run_demo(rev, args.isa, log, tuple(args.unseen))
         run = read_log(log)
         if run["total"] is None:
             print(f"demo_time: {log}: the demo of {rev} did not finish; see the log", file=sys.stderr)
