@@ -44,7 +44,8 @@ import pandas as pd  # noqa: E402
 from hbr import evaluate  # noqa: E402
 from hbr.files import read_tsv  # noqa: E402
 from hbr.phantom import generate  # noqa: E402
-from hbr.stages.measure import read_table, segment_table_path  # noqa: E402
+from hbr.ledger import read_table  # noqa: E402
+from hbr.pipeline import segment_table_path  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 

@@ -20,8 +20,8 @@ def test_default_yaml_equals_builtin_defaults():
 
 def test_demo_yaml_is_small():
     cfg = load_config(REPO_ROOT / "configs" / "demo.yaml")
-    assert cfg.classifier.arch == "resnet18"
-    assert cfg.segmenter.encoder == "resnet18"
+    assert cfg.classifier.arch == "resnet10"
+    assert cfg.segmenter.encoder == "resnet18" and cfg.segmenter.decoder_channels < Config().segmenter.decoder_channels
     assert cfg.canvas == Config().canvas
 
 
