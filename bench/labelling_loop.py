@@ -64,17 +64,15 @@ pool and ~720 held-out bone images for stage 3, each with ~22 cut-off ones (one 
 held-out defect costs ~2.3 points of balanced accuracy); stage 7 uses 200 pool and 100
 held-out black images.
 
-Run time (measured on the 2 shared CPU cores of the development machine, load 5-10,
-configs/demo.yaml as of 2026-12-03): a trained stage-3 round ~8.5 min (training, 160 steps
-whatever the label count, ~8.3 min; predictions ~10 s per 150 images); a stage-3 round with
-one class in its labels ~1 s (nothing to train: at 3 % defects most of the first rounds);
-a stage-7 round with 10 labels ~6 min (45 epochs of ceil(0.8 * labels / 8) steps, ~7 s a
-step, so ~11 min at 15 labels, ~21 min at 35); phantom and stage 1 ~4 min per seed. The
-full design (stage 3: 12 rounds, 10 to 120 labels; stage 7: 6 rounds, 10 to 35 labels; 3
-seeds; 2 pickers) is therefore many hours on such a machine, so a run stops starting rounds
-after --budget-min (115 min; expected from the rounds so far) and writes the table of what
-is done, marked NOT FINISHED: re-run the same command to continue (each run under two
-hours), or run it on a GPU machine with --device cuda (not measured yet).
+Run time (2-core AMD EPYC, configs/demo.yaml with resnet10 classifiers and the 64-channel
+U-Net decoder, 2026-12-03): the three sets (phantom and stage 1) ~4.5 min; a trained stage-3
+round 0.4-0.5 min, a stage-3 round with one class in its labels ~1 s (nothing to train: at
+3 % defects most of random picking's first rounds); a stage-7 round 1.6-2.2 min (up to 4.6
+with hbr's predictions of the pool). The full design (stage 3: 12 rounds, 10 to 120 labels;
+stage 7: 6 rounds, 10 to 35 labels; 3 seeds; 2 pickers) took about an hour in three resumed
+runs. A run stops starting rounds after --budget-min (115 min; expected from the rounds so
+far) and writes the table of what is done, marked NOT FINISHED: re-run the same command to
+continue, or run it on a GPU machine with --device cuda (not measured yet).
 """
 
 from __future__ import annotations
