@@ -25,6 +25,7 @@ from hbr.files import atomic_path
 CHECKPOINT_FORMAT = "hbr-checkpoint-2"
 READABLE_FORMATS = ("hbr-checkpoint-1", CHECKPOINT_FORMAT)
 
+
 def resnet10(weights=None, **kwargs) -> torchvision.models.ResNet:
     """torchvision's ResNet with one basic block per stage instead of resnet18's two: about
     half the work a training step, for CPU-fast models (the demo). No ImageNet weights exist."""
@@ -45,7 +46,7 @@ CLASSIFIER_ARCHS = {
 # class names in segmentation_models_pytorch, imported only when a segmenter is built:
 # the classifier stages would otherwise pay for importing smp and timm in every process
 SEGMENTER_ARCHS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus", "fpn": "FPN"}
-SEGMENTER_ENCODERS = tuple(a for a in CLASSIFIER_ARCHS if a != "resnet10")  # smp's ResNet encoders
+SEGMENTER_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # smp's ResNet encoders
 IMAGENET = "imagenet"  # a `pretrained` value: the local torch hub cache's ImageNet weights
 
 
