@@ -84,7 +84,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -101,7 +100,7 @@ import pandas as pd  # noqa: E402
 
 from hbr import evaluate, pipeline  # noqa: E402
 import runlog  # noqa: E402  (bench/runlog.py, beside this script)
-from runlog import append_result, stage_args  # noqa: E402
+from runlog import append_result, git_commit, stage_args  # noqa: E402
 
 PROG = "labelling_loop"
 run_script = partial(runlog.run_script, prog=PROG)
@@ -128,15 +127,6 @@ GOAL_RATIO = 0.60  # issue 22: hbr's picking needs <= 60 % of random's labels
 
 
 # ---------------------------------------------------------------- small helpers
-def git_commit() -> str:
-    """The repository's commit (for the record), or 'unknown'."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def per_stage(values: Optional[list[int]], stages: list[int], defaults: dict[int, int], name: str) -> dict[int, int]:
     """{stage: value}: the defaults, one given value for every stage, or one per stage (--stages order)."""
     if values is None:

@@ -56,7 +56,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,7 +73,7 @@ import pandas as pd  # noqa: E402
 
 from hbr import evaluate, pipeline  # noqa: E402
 import runlog  # noqa: E402  (bench/runlog.py, beside this script)
-from runlog import append_result, stage_args  # noqa: E402
+from runlog import append_result, git_commit, stage_args  # noqa: E402
 
 PROG = "qc_fewlabel"
 run_script = partial(runlog.run_script, prog=PROG)
@@ -373,15 +372,6 @@ def table_lines(records: list[dict], header: str) -> list[str]:
     lines += ["", f"time per cell (labels, training, prediction): mean {np.mean(times) / 60:.1f} min, "
                   f"max {max(times) / 60:.1f} min over {len(times)} cells"]
     return [line.rstrip() for line in lines]
-
-
-def git_commit() -> str:
-    """The repository's commit (for the record), or 'unknown'."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

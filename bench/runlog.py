@@ -69,3 +69,12 @@ def stage_args(args, workdir: Path) -> list[str]:
     for override in args.set:
         out += ["--set", override]
     return out
+
+
+def git_commit() -> str:
+    """The repository's commit (for the record), or 'unknown'."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
