@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import accuracy  # noqa: E402  (bench/accuracy.py, beside this script)
+from hbr.config import this_cpu_flags  # noqa: E402
 STAGE_DONE = re.compile(r"^== stage (\d) done in (\d+) s \(log: .*/logs/(\S+)\.log\)")
 FINISHED = re.compile(r"^== finished in (\d+) min (\d+) s")
 ACCURACY = re.compile(r"(balanced accuracy|IoU median|centre error median|LHR relative error median|"
@@ -47,15 +48,13 @@ UNSEEN = "unseen seed"  # prefix of the accuracy lines of the demo's models on a
 
 def cpu_summary() -> str:
     """Model name and the vector/matrix flags that decide the CPU's float32 and bfloat16 speed."""
-    model, flags = "unknown CPU", set()
+    model = "unknown CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+        model = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)
     except OSError:
         pass
+    flags = this_cpu_flags()
     shown = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
 

@@ -257,15 +257,20 @@ def has_native_bf16(cpu_flags: Iterable[str]) -> bool:
     return not NATIVE_BF16_FLAGS.isdisjoint(cpu_flags)
 
 
-@functools.lru_cache(maxsize=1)
-def this_cpu_has_native_bf16() -> bool:
-    """`has_native_bf16` for this machine's CPU (False where /proc/cpuinfo does not say)."""
+def this_cpu_flags() -> frozenset[str]:
+    """This machine's CPU flags as /proc/cpuinfo names them (empty where it does not say)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return has_native_bf16(flags)
+        return frozenset()
+    return frozenset(next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")),
+                          []))
+
+
+@functools.lru_cache(maxsize=1)
+def this_cpu_has_native_bf16() -> bool:
+    """`has_native_bf16` for this machine's CPU (False where /proc/cpuinfo does not say)."""
+    return has_native_bf16(this_cpu_flags())
 
 
 @dataclass(frozen=True)
