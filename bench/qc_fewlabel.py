@@ -96,15 +96,17 @@ def csv_list(kind):
     return lambda text: [kind(x) for x in text.split(",") if x.strip()]
 
 
-def classifier_runs() -> list[tuple[pipeline.Stage, Optional[str]]]:
-    """(stage, background) of every classifier model, in chain order."""
+def classifier_runs(only: Optional[list[str]] = None) -> list[tuple[pipeline.Stage, Optional[str]]]:
+    """(stage, background) of every classifier model, in chain order; of the run names in `only` if given."""
     return [(s, bak) for s in pipeline.CLASSIFIERS.values()
-            for bak in (pipeline.BACKGROUNDS if s.per_background else (None,))]
+            for bak in (pipeline.BACKGROUNDS if s.per_background else (None,))
+            if only is None or s.run_name(bak) in only]
 
 
 def settings_of(args: argparse.Namespace) -> dict:
     """What makes a cell's result: a cell is redone when any of these differs."""
-    return {"n": args.n, "defect_rate": args.defect_rate, "train_share": args.train_share,
+    models = {"models": args.models} if args.models else {}  # absent when all: earlier results still match
+    return {**models, "n": args.n, "defect_rate": args.defect_rate, "train_share": args.train_share,
             "negatives_per_positive": args.negatives_per_positive, "config": str(args.config),
             "config_sha256": hashlib.sha256(args.config.read_bytes()).hexdigest()[:16], "overrides": args.set}
 
@@ -213,7 +215,7 @@ def train_models(args: argparse.Namespace, cell: Path, set_root: Path, key: str)
         work.mkdir(parents=True, exist_ok=True)
         total_body.symlink_to(pipeline.total_body_npy(set_root / "stage1").resolve(), target_is_directory=True)
     seconds, metrics = 0.0, {}
-    for stage, bak in classifier_runs():
+    for stage, bak in classifier_runs(args.models):
         run = stage.run_name(bak)
         done = work / pipeline.MODELS_DIR / run / "bench_trained.json"
         if not (done.exists() and json.loads(done.read_text()).get("settings") == key):
@@ -232,7 +234,7 @@ def predict_clean(args: argparse.Namespace, cell: Path, set_root: Path, truth: p
     """Each model predicts its clean held-out set; (seconds, {run name: decision table})."""
     seconds, tables = 0.0, {}
     models = cell / "train" / pipeline.MODELS_DIR
-    for stage, bak in classifier_runs():
+    for stage, bak in classifier_runs(args.models):
         run, work = stage.run_name(bak), cell / "eval" / stage.run_name(bak)
         table_path = work / stage.table_name(bak)
         ids = clean_held_out(truth, stage.task, bak)["Image"]
@@ -308,11 +310,13 @@ def run_cell(args, variant: str, seed: int, positives: int, set_root: Path, trut
     labels = few_labels(truth, seed, positives, args.negatives_per_positive, cell / "labels")
     train_s, metrics = train_models(args, cell, set_root, key)
     predict_s, tables = predict_clean(args, cell, set_root, truth)
-    stage4 = background_decisions(args, set_root, truth)
+    stage4 = None if args.models else background_decisions(args, set_root, truth)
     models = {stage.run_name(bak): score_model(tables[stage.run_name(bak)], truth, stage)
-              for stage, bak in classifier_runs()}
+              for stage, bak in classifier_runs(args.models)}
+    # the chain needs every model's decisions on the good images
+    chain = None if args.models else chain_loss(tables, stage4, truth)
     return {"variant": variant, "seed": seed, "positives": positives, "models": models,
-            "chain": chain_loss(tables, stage4, truth), "labels": labels, "training": metrics,
+            "chain": chain, "labels": labels, "training": metrics,
             "held_out_bad": held_out_positives(truth),
             "seconds": {"train": round(train_s, 1), "predict": round(predict_s, 1),
                         "cell": round(time.perf_counter() - start, 1)}}
@@ -336,10 +340,13 @@ def table_lines(records: list[dict], header: str) -> list[str]:
     for r in records:
         groups.setdefault((r["variant"], r["positives"]), []).append(r)
     order = sorted(groups, key=lambda k: (list(VARIANTS).index(k[0]) if k[0] in VARIANTS else 99, k[1]))
-    for stage, bak in classifier_runs():
+    present = {run for r in records for run in r["models"]}
+    for stage, bak in classifier_runs(sorted(present)):
         run = stage.run_name(bak)
         for variant, positives in order:
-            rs = [r["models"][run] for r in groups[(variant, positives)]]
+            rs = [r["models"][run] for r in groups[(variant, positives)] if run in r["models"]]
+            if not rs:
+                continue
             ba, auc = [m["balanced_accuracy"] for m in rs], [m["auc"] for m in rs]
             lost = [100 * m["good_lost"] / max(m["good"], 1) for m in rs]
             kept = [100 * m["bad_kept"] / max(m["bad"], 1) for m in rs]
@@ -350,7 +357,9 @@ def table_lines(records: list[dict], header: str) -> list[str]:
                          f"{min(m['good'] for m in rs):>7d}/{min(m['bad'] for m in rs):<7d}{flag}")
     lines += ["", f"{'QC chain: good held-out bone images lost':44} {'mean %':>7} {'max %':>6} {'images':>7}"]
     for variant, positives in order:
-        chain = [r["chain"] for r in groups[(variant, positives)]]
+        chain = [r["chain"] for r in groups[(variant, positives)] if r["chain"]]
+        if not chain:
+            continue
         shares = [100 * c["lost"] / max(c["good"], 1) for c in chain]
         worst = max(chain, key=lambda c: c["lost"] / max(c["good"], 1))
         culprits = ", ".join(f"{k} {v}" for k, v in worst["by_stage"].items() if v)
@@ -393,9 +402,15 @@ def main() -> None:
                         help="phantom sets, stage outputs and models (large; kept for resuming)")
     parser.add_argument("--table", type=Path, default=None,
                         help="where to write the table (default bench/results/qc_fewlabel_<date>.txt)")
+    parser.add_argument("--models", type=csv_list(str), default=None,
+                        help="train and score only these models (run names, e.g. 3_crop_class,6_pose_class_black); "
+                             "no QC-chain result then")
     parser.add_argument("--prune", action="store_true", help="delete a set's images once all its cells are done")
     parser.add_argument("--table-only", action="store_true", help="only print and write the table of results.jsonl")
     args = parser.parse_args()
+    runs = [stage.run_name(bak) for stage, bak in classifier_runs()]
+    if args.models and set(args.models) - set(runs):
+        parser.error(f"unknown model(s) {', '.join(sorted(set(args.models) - set(runs)))}; valid: {', '.join(runs)}")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
@@ -433,8 +448,9 @@ def main() -> None:
                     record.update(settings=settings, device=args.device, code=git_commit(), date=str(date.today()))
                     append_result(results_path, record)
                     ba = ", ".join(f"{k} {m['balanced_accuracy']:.3f}" for k, m in record["models"].items())
-                    print(f"    done in {record['seconds']['cell'] / 60:.1f} min: {ba}; chain lost "
-                          f"{record['chain']['lost']}/{record['chain']['good']}")
+                    chain = record["chain"]
+                    print(f"    done in {record['seconds']['cell'] / 60:.1f} min: {ba}"
+                          + (f"; chain lost {chain['lost']}/{chain['good']}" if chain else ""))
                 if args.prune and set_root.exists():
                     shutil.rmtree(set_root)  # our own set folder: regenerated if a later run needs it
     records = [r for k, r in have().items() if k in set(wanted)]

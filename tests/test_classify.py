@@ -1,5 +1,6 @@
 """Which labels a classifier stage trains from: its own, and the other background's when shared."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from hbr.config import load_config
 from hbr.errors import HbrError
 from hbr.files import write_npy, write_text
 from hbr.stages.classify import read_training_images, shared_label_path
+from hbr.stages.model_stage import metrics_file
 
 
 def _context(workdir, labels, task="contrast", share=True, bak="white"):
@@ -41,12 +43,12 @@ def test_black_and_white_stages_share_one_model_trained_in_black_polarity(work):
     ctx = _context(workdir, labels)
     own = labels / "5_contrast_white_label.tsv"
     assert shared_label_path(ctx, own) == labels / "5_contrast_black_label.tsv"
-    images, found = read_training_images(ctx, own, shared_label_path(ctx, own))
+    images, found, _ = read_training_images(ctx, own, shared_label_path(ctx, own))
     assert found == [0, 0, 0, 1]
     assert images[0].tolist() == [[0, 10], [200, 0]]  # its own image as a black background shows it
     assert images[2].tolist() == [[0, 10], [200, 0]]  # b0 as it is
     black_ctx = _context(workdir, labels, bak="black")
-    black_images, black_found = read_training_images(black_ctx, labels / "5_contrast_black_label.tsv",
+    black_images, black_found, _ = read_training_images(black_ctx, labels / "5_contrast_black_label.tsv",
                                                      shared_label_path(black_ctx, labels / "5_contrast_black_label.tsv"))
     assert sorted(map(str, black_images)) == sorted(map(str, images)) and sorted(black_found) == sorted(found)
     # an explicit --labels file finds its sibling of the other background
@@ -71,16 +73,24 @@ def test_stages_that_run_once_share_nothing(work):
 
 # --------------------------------------------------------------------------- few-label recipe
 
-def test_threshold_maximises_balanced_accuracy_and_leans_towards_keeping_and_0_5():
-    from hbr.stages.classify import choose_threshold
+def test_threshold_maximises_balanced_accuracy_then_keeps_then_takes_the_middle_of_the_gap():
+    import math
 
-    # separable around 0.5: the threshold balanced batches train for
-    assert choose_threshold([0.05, 0.1, 0.2, 0.7, 0.9], [0, 0, 0, 1, 1], keep_label=0) == 0.5
-    # separated only at extreme probabilities: 0.5, not a threshold of 0.00005
-    assert choose_threshold([1e-6, 2e-6, 1e-5, 1e-4, 2e-4], [0, 0, 0, 1, 1], keep_label=0) == 0.5
-    # calibrated low: positives at 0.3-0.35 are still found (a fixed 0.5 would miss both)
+    from hbr.stages.classify import THRESHOLD_RANGE, choose_threshold
+
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    # separable: the middle, in log-odds, of the gap between 0.2 and 0.7
+    t = choose_threshold([0.05, 0.1, 0.2, 0.7, 0.9], [0, 0, 0, 1, 1], keep_label=0)
+    assert logit(t) == pytest.approx((logit(0.2) + logit(0.7)) / 2)
+    # calibrated low, as few-label models are: positives at 0.3-0.35 are found (0.5 would miss
+    # both), and the threshold sits as far in log-odds from the positives as from the negatives
     t = choose_threshold([0.01, 0.02, 0.05, 0.3, 0.35], [0, 0, 0, 1, 1], keep_label=0)
-    assert 0.05 < t <= 0.3
+    assert 0.05 < t < 0.3 and logit(t) == pytest.approx((logit(0.05) + logit(0.3)) / 2)
+    # the gap's middle below the range: its floor, which still separates
+    t = choose_threshold([1e-7, 2e-7, 1e-6, 0.002, 0.3], [0, 0, 0, 1, 1], keep_label=0)
+    assert t == pytest.approx(THRESHOLD_RANGE[0])
+    # no separation inside the range at all: 0.5 (nothing is gained by moving away from it)
+    assert choose_threshold([1e-6, 2e-6, 1e-5, 1e-4, 2e-4], [0, 0, 0, 1, 1], keep_label=0) == 0.5
     # an overlap: of equally balanced thresholds, the one losing fewer images to keep wins
     prob, truth = [0.1, 0.6, 0.4, 0.9], [0, 0, 1, 1]  # (0.1, 0.4] and (0.6, 0.9] both score 0.75
     keep0 = choose_threshold(prob, truth, keep_label=0)  # label 0 = keep (defect stages)
@@ -199,6 +209,10 @@ def test_training_scores_out_of_fold_stores_the_threshold_and_trains_on_every_la
     assert 0.05 <= ckpt["threshold"] <= 0.95 and ckpt["preprocess"]["region"] == "whole"
     assert {"oof_balanced_accuracy", "oof_auc", "threshold"} <= set(ckpt["metrics"])
     assert ckpt["metrics"]["oof_auc"] > 0.8  # a block this bright is learned from 4 positives per fold
+    # every label's out-of-fold probability is listed beside the model, and kept out of the model file
+    listed = json.loads(metrics_file(path).read_text())["out_of_fold"]
+    assert [(r["image"], r["label"]) for r in listed] == rows and all(0 <= r["prob"] <= 1 for r in listed)
+    assert "out_of_fold" not in ckpt["metrics"] and "out_of_fold" not in ckpt
 
 
 def test_a_model_at_chance_is_reported_naming_the_file_and_the_rare_class(work, capsys):
@@ -221,7 +235,7 @@ def test_an_image_of_the_other_background_is_used_in_its_true_polarity_and_repor
     own = labels / "5_contrast_white_label.tsv"
     _label_file(own, [("w0", 0), ("b1", 1)])
     ctx = _context(workdir, labels, share=False)  # the model trains in white polarity
-    images, found = read_training_images(ctx, own, None)
+    images, found, _ = read_training_images(ctx, own, None)
     assert found == [0, 1]
     assert images[0].tolist() == [[252, 242], [52, 252]]  # a white image as it is
     assert images[1].tolist() == [[252, 162], [162, 252]]  # b1 is black: turned to white polarity

@@ -69,8 +69,8 @@ def shared_label_path(ctx: Context, label_path: Path) -> Optional[Path]:
 
 def read_training_images(
     ctx: Context, label_path: Path, shared: Optional[Path]
-) -> tuple[list[np.ndarray], list[int]]:
-    """Labelled images and labels of a stage: its own, plus those of `shared` (the other
+) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """Labelled images, labels and image ids of a stage: its own, plus those of `shared` (the other
     background's label file, see shared_label_path), all in the polarity the model trains in
     (see model_stage.training_polarity); an image listed under the wrong background is
     taken in its true one and reported (see background.BackgroundCheck)."""
@@ -87,6 +87,7 @@ def read_training_images(
     # with shared labels the minimum count and both classes apply to the pooled set
     own = read_class_labels(label_path, npy_dir, 1 if shared else c.train.min_images, both_classes=shared is None)
     images, labels = [in_polarity(p, i, bak, label_path) for p, i in zip(own.paths, own.ids)], list(own.labels)
+    ids = list(own.ids)
     if shared is not None:
         try:
             extra = read_class_labels(shared, npy_dir, 1, both_classes=False)
@@ -95,6 +96,7 @@ def read_training_images(
         else:
             images += [in_polarity(p, i, other_background(bak), shared) for p, i in zip(extra.paths, extra.ids)]
             labels += extra.labels
+            ids += extra.ids
             print(f"{shared}: {len(extra.ids)} images of the other background added; black and white share "
                   f"one model, trained in {polarity} polarity (classifier.share_backgrounds)")
     check.report()
@@ -104,7 +106,7 @@ def read_training_images(
     if len(set(labels)) < 2:
         found = f"only Label {labels[0]}" if labels else "no usable rows"
         raise HbrError(f"{label_path}: {found}; both classes (0 and 1) are needed to train")
-    return images, labels
+    return images, labels, ids
 
 
 def score_probabilities(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
@@ -134,10 +136,16 @@ class ClassifierObjective:
         return {**out, "score": np.nan_to_num(out["balanced_accuracy"]) + 0.01 * np.nan_to_num(out["auc"])}
 
 
-# Thresholds are chosen in this range: a separation that fold models show only at extreme
-# probabilities (a class at 0.001, the other at 0.00001) does not carry over to the final
-# model, whose probabilities are on a scale of their own.
-THRESHOLD_RANGE = (0.05, 0.95)
+# Thresholds are chosen in this range. With few positives a model is far surer of the many
+# label-0 images (probabilities of 1e-6) than of a label-1 image it has not seen (1e-3 to
+# 0.5), so the best threshold often lies far below 0.5; under 0.001 the fold models'
+# separation is too fine to carry over to the final model.
+THRESHOLD_RANGE = (0.001, 0.999)
+
+
+def _log_odds(prob: np.ndarray) -> np.ndarray:
+    p = np.clip(prob, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
 
 
 def choose_threshold(prob: Sequence[float], truth: Sequence[int], keep_label: int) -> float:
@@ -145,21 +153,25 @@ def choose_threshold(prob: Sequence[float], truth: Sequence[int], keep_label: in
     out-of-fold probabilities.
 
     Among equally good thresholds it takes those that lose the fewest images to keep
-    (label `keep_label`), then the one nearest 0.5 in log-odds: balanced batches train the
-    model for 0.5, and fold models' probabilities are only roughly on the final model's scale.
+    (label `keep_label`), then the one farthest, in log-odds, from every out-of-fold
+    probability: the middle of the gap between the classes, on the scale the model's
+    outputs spread on, so an image a little less typical than the labelled ones still
+    falls on its own side.
     """
     prob, truth = np.asarray(prob, float), np.asarray(truth, int)
-    values = np.unique(prob)
-    candidates = np.unique(np.concatenate([[0.5], (values[1:] + values[:-1]) / 2, [values[0] / 2, (values[-1] + 1) / 2]]))
-    candidates = candidates[(candidates >= THRESHOLD_RANGE[0]) & (candidates <= THRESHOLD_RANGE[1])]
+    odds = _log_odds(prob)
+    values = np.unique(odds)
+    # 0.5, the middle of every gap, and just beyond either end (removing everything or nothing)
+    candidates = np.concatenate([[0.0, values[0] - 1, values[-1] + 1], (values[1:] + values[:-1]) / 2])
+    candidates = np.unique(np.clip(candidates, *_log_odds(np.asarray(THRESHOLD_RANGE))))
 
-    def rank(t: float) -> tuple:
-        label = (prob >= t).astype(int)
+    def rank(z: float) -> tuple:
+        label = (odds >= z).astype(int)
         rates = [np.mean(label[truth == k] == k) for k in (0, 1) if np.any(truth == k)]
         lost = int(np.sum((truth == keep_label) & (label != keep_label)))
-        return round(float(np.mean(rates)), 9), -lost, -abs(math.log(t / (1 - t)))
+        return round(float(np.mean(rates)), 9), -lost, float(np.min(np.abs(odds - z)))
 
-    return float(max(candidates, key=rank))
+    return float(1 / (1 + math.exp(-max(candidates, key=rank))))
 
 
 def stage_augment(c: ClassifierConfig, stage_cfg: QcStageConfig, per_background: bool) -> AugmentConfig:
@@ -222,7 +234,7 @@ def _train_classifier(ctx: Context, label_path: Path, shared: Optional[Path]) ->
     def train_into(path: Path, wanted_hash: str, device: torch.device) -> None:
         c, stage = ctx.cfg.classifier, ctx.stage
         stage_cfg = c.stage(stage.task)
-        images, labels = read_training_images(ctx, label_path, shared)
+        images, labels, ids = read_training_images(ctx, label_path, shared)
         prep = replace(preprocess_for(ctx, *c.input_size(stage.task)), region=stage_cfg.region)
         aug = stage_augment(c, stage_cfg, stage.per_background)
         print(f"{ctx.run_name}: {len(labels)} labelled images ({sum(labels)} with label 1); the model sees "
@@ -237,6 +249,11 @@ def _train_classifier(ctx: Context, label_path: Path, shared: Optional[Path]) ->
                   f"AUC {scores['oof_auc']:.3f} at threshold {threshold:.3f}")
             warn_if_useless(ctx, scores, labels, label_path)
         result.metrics = {**result.metrics, **scores, "threshold": threshold}
+        # every label's probability from a model that did not see it: the first places to look
+        # for a label mistake are the label-0 images it scores highest and vice versa. Kept out
+        # of the checkpoint: a model file shared with others holds no participant ids.
+        per_image = {} if oof is None else {"out_of_fold": [
+            {"image": i, "label": int(y), "prob": round(float(q), 6)} for i, y, q in zip(ids, labels, oof)]}
         meta = {
             "spec": {"kind": "classifier", "arch": c.arch, "num_outputs": 2},
             "preprocess": prep.to_dict(),
@@ -246,7 +263,7 @@ def _train_classifier(ctx: Context, label_path: Path, shared: Optional[Path]) ->
             "polarity": training_polarity(ctx.options.background, shared is not None),
             "config_hash": wanted_hash,
         }
-        save_trained(path, model, result, meta)
+        save_trained(path, model, result, meta, per_image)
 
     return train_into
 

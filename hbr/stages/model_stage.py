@@ -68,11 +68,13 @@ def stage_device(ctx: Context) -> torch.device:
     return resolve_device(ctx.device)
 
 
-def save_trained(path: Path, model: torch.nn.Module, result: TrainResult, meta: dict) -> None:
-    """Save the best weights as a self-describing checkpoint plus metrics JSON beside it."""
+def save_trained(path: Path, model: torch.nn.Module, result: TrainResult, meta: dict,
+                 per_image: Optional[dict] = None) -> None:
+    """Save the best weights as a self-describing checkpoint plus metrics JSON beside it;
+    `per_image` (results that name images) goes to the JSON only."""
     model.load_state_dict(result.state_dict)
     save_checkpoint(path, model, {**meta, "metrics": result.metrics})
-    write_json(metrics_file(path), {"best": result.metrics, "history": result.history, **meta})
+    write_json(metrics_file(path), {"best": result.metrics, "history": result.history, **meta, **(per_image or {})})
     print(f"model saved: {path} (metrics: {metrics_file(path)})")
 
 
