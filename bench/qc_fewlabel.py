@@ -355,7 +355,8 @@ def table_lines(records: list[dict], header: str) -> list[str]:
                          f"{np.mean(lost):>8.1f} {max(m['good_lost'] for m in rs):>10d}  "
                          f"{np.mean(kept):>8.1f} {max(m['bad_kept'] for m in rs):>9d}  "
                          f"{min(m['good'] for m in rs):>7d}/{min(m['bad'] for m in rs):<7d}{flag}")
-    lines += ["", f"{'QC chain: good held-out bone images lost':44} {'mean %':>7} {'max %':>6} {'images':>7}"]
+    if any(r["chain"] for r in records):
+        lines += ["", f"{'QC chain: good held-out bone images lost':44} {'mean %':>7} {'max %':>6} {'images':>7}"]
     for variant, positives in order:
         chain = [r["chain"] for r in groups[(variant, positives)] if r["chain"]]
         if not chain:

@@ -186,7 +186,9 @@ class ClassifierConfig:
     # white-background scans are few, and an inverted white scan looks like a black one
     share_backgrounds: bool = key(
         True, "stages 5 and 6 also learn from the other background's labels, polarity swapped")
-    train: TrainConfig = section(TrainConfig, "training")
+    # a first label file of ~100 images is 13 batches an epoch: 30 epochs are too few steps for
+    # a rare defect's ~10 positives (measured at demo sizes: docs/performance.md, few-label QC)
+    train: TrainConfig = section(lambda: TrainConfig(min_steps=960), "training")
     # every QC question (bone image, framing, contrast, head pose) has the same answer in a
     # mirror image and on the other background (white-background scans are inverted renderings)
     augment: AugmentConfig = section(lambda: AugmentConfig(hflip=0.5, invert=0.5), "training augmentation")
