@@ -458,7 +458,10 @@ def test_the_command_serves_on_the_printed_url_until_ctrl_c(workdir, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "hbr.labelling.page", "--workdir", str(workdir), "--labels", str(tmp_path / "labels"),
-         "--port", "0"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--port", "0"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as a terminal delivers it: a test run started in the background (a shell's `&`)
+        # would otherwise hand the page SIGINT ignored, and it could not be stopped this way
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url = None
         for line in process.stdout:  # notes first, then the line with the address
