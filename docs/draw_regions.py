@@ -22,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hbr import phantom, pipeline  # noqa: E402
 from hbr.config import load_config  # noqa: E402
 from hbr.files import encode_png, write_bytes  # noqa: E402
-from hbr.imaging import REGIONS, region_input, to_canvas  # noqa: E402
+from hbr.imaging import region_input, region_rows, to_canvas  # noqa: E402
 
 SCALE = 2  # model inputs are small: shown enlarged, pixel for pixel
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
-    out = np.full((tile.shape[0] + 28, max(tile.shape[1], 8 * len(text) + 8)), 255, np.uint8)
+    """The tile (grey or BGR) under a line of text."""
+    out = np.full((tile.shape[0] + 28, max(tile.shape[1], 8 * len(text) + 8), *tile.shape[2:]), 255, np.uint8)
     out[28:, : tile.shape[1]] = tile
     cv2.putText(out, text, (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 0, 1, cv2.LINE_AA)
     return out
@@ -43,22 +44,18 @@ def draw(config: Path | None, out: Path) -> None:
     canvas_h, canvas_w = cfg.canvas.height, cfg.canvas.width
     canvas, placed = to_canvas(image, canvas_h, canvas_w)
     outlined = cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)
-    top, extent = max(placed.top, 0), min(placed.top + placed.rows, canvas_h) - max(placed.top, 0)
     colours = [(0, 0, 255), (0, 160, 0), (255, 0, 0), (0, 140, 255)]
     tiles = []
-    for colour, stage in zip(colours, pipeline.CLASSIFIERS.values()):
+    for k, (colour, stage) in enumerate(zip(colours, pipeline.CLASSIFIERS.values())):
         region = cfg.classifier.stage(stage.task).region
         height, width = cfg.classifier.input_size(stage.task)
-        for a, b in REGIONS[region] or ((0.0, 1.0),):
-            y0, y1 = top + int(round(a * extent)), top + int(round(b * extent)) - 1
-            inset = 2 + 3 * colours.index(colour)
-            cv2.rectangle(outlined, (inset, y0 + inset), (canvas_w - 1 - inset, y1 - inset), colour, 2)
+        for band in region_rows(placed, canvas_h, region):
+            inset = 2 + 3 * k  # nested outlines where regions share rows
+            cv2.rectangle(outlined, (inset, band.start + inset), (canvas_w - 1 - inset, band.stop - 1 - inset), colour, 2)
         seen = region_input(image, region, canvas_h, canvas_w, height, width).clip(0, 255).astype(np.uint8)
         seen = cv2.resize(seen, (width * SCALE, height * SCALE), interpolation=cv2.INTER_NEAREST)
         tiles.append(_label(seen, f"{stage.number} {stage.task}: {region} {height}x{width}"))
-    left = _label(cv2.cvtColor(outlined, cv2.COLOR_BGR2GRAY), "canvas, regions outlined")
-    left_bgr = cv2.cvtColor(left, cv2.COLOR_GRAY2BGR)
-    left_bgr[28:] = outlined
+    left_bgr = _label(outlined, "canvas, regions outlined")
     column_w = max(t.shape[1] for t in tiles)
     column = np.full((max(left_bgr.shape[0], sum(t.shape[0] + 8 for t in tiles)), column_w), 255, np.uint8)
     y = 0

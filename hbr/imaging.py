@@ -237,17 +237,22 @@ REGIONS = {
 }
 
 
+def region_rows(p: Placement, canvas_h: int, region: str) -> list[slice]:
+    """The canvas rows of each band of `region` (see REGIONS; "whole": every row the image
+    covers) for an image placed on the canvas at `p`."""
+    top, bottom = max(p.top, 0), min(p.top + p.rows, canvas_h)
+    extent = bottom - top
+    return [slice(top + int(round(a * extent)), top + max(int(round(b * extent)), int(round(a * extent)) + 1))
+            for a, b in REGIONS[region] or ((0.0, 1.0),)]
+
+
 def region_input(image: np.ndarray, region: str, canvas_h: int, canvas_w: int, in_h: int, in_w: int) -> np.ndarray:
     """`model_input` of one region of the image (see REGIONS): its bands of canvas rows,
     stacked, resized to the input size (float32)."""
-    bands = REGIONS[region]
-    if bands is None:
+    if REGIONS[region] is None:
         return model_input(image, canvas_h, canvas_w, in_h, in_w)[0]
     canvas, p = to_canvas(image, canvas_h, canvas_w)
-    top, bottom = max(p.top, 0), min(p.top + p.rows, canvas_h)
-    extent = bottom - top
-    rows = [canvas[top + int(round(a * extent)): top + max(int(round(b * extent)), int(round(a * extent)) + 1)]
-            for a, b in bands]
+    rows = [canvas[band] for band in region_rows(p, canvas_h, region)]
     return resize(np.concatenate(rows).astype(np.float32), in_h, in_w)
 
 
